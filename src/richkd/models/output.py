@@ -1,0 +1,13 @@
+"""The one output type every CNN in the zoo returns, so any model can be teacher or student."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class ModelOutput(NamedTuple):
+    logits: Tensor  # [B, C]
+    pooled: Tensor  # [B, D]: global-average-pooled penultimate features, before fc; D == model.feature_dim
+    stages: tuple[Tensor, ...]  # per-stage feature maps (pre-ReLU where the reference takes them), for feature losses
