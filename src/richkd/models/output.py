@@ -10,4 +10,4 @@ from torch import Tensor
 class ModelOutput(NamedTuple):
     logits: Tensor  # [B, C]
     pooled: Tensor  # [B, D]: global-average-pooled penultimate features, before fc; D == model.feature_dim
-    stages: tuple[Tensor, ...]  # per-stage feature maps (pre-ReLU where the reference takes them), for feature losses
+    stages: tuple[Tensor, ...]  # per-stage maps (post-ReLU, as mdistiller feats["feats"])

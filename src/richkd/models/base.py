@@ -1,0 +1,63 @@
+"""What every zoo CNN shares: the `ZooModel` surface, the `MODELS` registry and two small layer helpers.
+
+Families import `MODELS` from here (not from the package) so registration has no import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from richkd.models.output import ModelOutput
+from richkd.registry import Registry
+
+
+class ZooModel(nn.Module):
+    """A CIFAR classifier any distiller can use as teacher or student (timm's one-surface idea).
+
+    `feature_dim` is the width of `ModelOutput.pooled`; `stage_channels` gives the channel count of each
+    map in `ModelOutput.stages`, so feature losses can size their projections without a dry forward.
+    """
+
+    feature_dim: int
+    num_classes: int
+    stage_channels: tuple[int, ...]
+
+    def __init__(self, *, feature_dim: int, num_classes: int, stage_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.stage_channels = stage_channels
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        raise NotImplementedError
+
+    if TYPE_CHECKING:
+        # nn.Module.__call__ is typed as Any; this lets `model(x).logits` type-check downstream.
+        def __call__(self, x: Tensor) -> ModelOutput: ...
+
+
+ModelFactory = Callable[[int], ZooModel]  # num_classes -> fresh, randomly initialised model
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, C]. Adaptive, so it equals the reference's fixed AvgPool2d at 32x32 input."""
+    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def init_conv_kaiming(model: nn.Module) -> None:
+    """He init, fan-out: CRD's `normal_(0, sqrt(2 / (k*k*out)))`; BN starts as identity, conv bias at 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
