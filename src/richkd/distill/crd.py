@@ -1,0 +1,337 @@
+"""Contrastive Representation Distillation (CRD).
+
+Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020
+(https://arxiv.org/abs/1910.10699); reference code github.com/HobbitLong/RepDistiller (``crd/``), as
+copied into mdistiller and the RichKD fork.
+
+Pieces, from the bottom up:
+
+- :func:`crd_nce_loss`: the NCE loss on one side's scores (CRD's ``ContrastLoss``).
+- :class:`ContrastMemory`: two momentum memory banks (student side, teacher side) that supply the
+  positive and K negatives for every sample, and produce the scores.
+- :class:`Embed`: Linear + L2 normalisation (CRD's ``Embed``).
+- :class:`CRDLoss`: student embed + teacher-side embed (an :class:`Embed`, or a
+  :class:`~richkd.fusion.FeatureFusion` for RichKD) + memory + NCE on both sides.
+- The :class:`CRD` distiller: ``w_ce · CE + w_kd · KD + w_crd · L_CRD``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from richkd.data.batch import Batch
+from richkd.distill.base import DISTILLERS, Distiller, cross_entropy_term, format_loss, require_teacher
+from richkd.fusion import FeatureFusion
+from richkd.losses import kd_loss
+from richkd.models.output import ModelOutput
+from richkd.targets import TeacherTargets
+
+__all__ = ["crd_nce_loss", "ContrastMemory", "Embed", "CRDLoss", "CRD", "build_crd_loss"]
+
+_NCE_EPS = 1e-7  # CRD's ContrastLoss eps, kept for bit-compatibility with the reference
+
+
+def crd_nce_loss(scores: Tensor, n_data: int) -> Tensor:
+    """CRD's NCE loss with a uniform noise distribution P_n = 1/N.
+
+    ``scores`` ``[B, K+1]`` are ``x = exp(⟨v, m⟩ / τ) / Z``; column 0 is the positive pair. With
+    ``P(D=1 | x) = x / (x + K·P_n)``::
+
+        L = −( Σ_b log P(D=1 | x_b,0) + Σ_b Σ_k log(1 − P(D=1 | x_b,k)) ) / B
+
+    where ``1 − P(D=1 | x) = K·P_n / (x + K·P_n)``. As in the reference, ``eps = 1e-7`` is added to each
+    denominator. Tian et al., ICLR 2020, eq. (9)-(10) (https://arxiv.org/abs/1910.10699).
+    """
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be [B, K+1] with K >= 1, got {tuple(scores.shape)}")
+    if n_data <= 0:
+        raise ValueError(f"n_data must be positive, got {n_data}")
+    scores = scores.float()
+    batch_size = scores.shape[0]
+    noise = (scores.shape[1] - 1) / float(n_data)  # K · P_n
+    positive = scores[:, 0]  # [B]
+    negatives = scores[:, 1:]  # [B, K]
+    log_d1 = torch.log(positive / (positive + noise + _NCE_EPS))
+    log_d0 = torch.log(noise / (negatives + noise + _NCE_EPS))
+    return -(log_d1.sum() + log_d0.sum()) / batch_size
+
+
+def _uniform_bank(n_data: int, embed_dim: int) -> Tensor:
+    stdv = 1.0 / math.sqrt(embed_dim / 3)  # CRD's init: U(−stdv, stdv)
+    return torch.rand(n_data, embed_dim).mul_(2 * stdv).add_(-stdv)
+
+
+class ContrastMemory(nn.Module):
+    """Two momentum memory banks and CRD's score computation (CRD's ``ContrastMemory``).
+
+    For sample b with row id i and K negative rows j_1..j_K drawn uniformly from rows of *other* classes
+    (CRD's ``mode="exact"`` CIFAR sampler; with replacement)::
+
+        student_scores[b] = exp(⟨M_t[i, j_1..j_K], s_b⟩ / τ) / Z_s   # student emb vs teacher bank
+        teacher_scores[b] = exp(⟨M_s[i, j_1..j_K], t_b⟩ / τ) / Z_t   # teacher emb vs student bank
+
+    Z_s, Z_t are set once, at the first forward, to ``mean(exp(·/τ)) · N`` and kept in buffers so that a
+    resumed run uses the same constants. After the scores, in training mode, the banks are updated at the
+    batch rows: ``M[i] ← normalize(μ · M[i] + (1 − μ) · v)``.
+
+    K is capped at the smallest number of other-class rows (only bites on tiny datasets).
+
+    Args:
+        embed_dim: width of the embeddings and banks (128).
+        n_data: N, number of dataset rows (the row ids ``indices`` index into).
+        labels: ``[N]`` int64 class of every row, to sample negatives from other classes.
+        nce_k: K, negatives per sample (16384).
+        nce_t: τ, NCE temperature (0.07).
+        momentum: μ, bank momentum (0.5).
+    """
+
+    memory_student: Tensor
+    memory_teacher: Tensor
+    z_student: Tensor
+    z_teacher: Tensor
+    _labels: Tensor
+    _rows_by_class: Tensor
+    _class_start: Tensor
+    _class_count: Tensor
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        n_data: int,
+        labels: Tensor,
+        nce_k: int = 16384,
+        nce_t: float = 0.07,
+        momentum: float = 0.5,
+    ) -> None:
+        super().__init__()
+        labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1).cpu()
+        if labels.numel() != n_data:
+            raise ValueError(f"labels has {labels.numel()} rows but n_data is {n_data}")
+        if labels.min() < 0:
+            raise ValueError("labels must be non-negative class ids")
+        if nce_k < 1 or not nce_t > 0 or not 0.0 <= momentum < 1.0:
+            raise ValueError(
+                f"need nce_k >= 1, nce_t > 0, 0 <= momentum < 1; got {nce_k}, {nce_t}, {momentum}"
+            )
+        class_count = torch.bincount(labels)
+        min_other = n_data - int(class_count.max())
+        if min_other < 1:
+            raise ValueError("CRD needs at least two classes to draw negatives from other classes")
+        self.embed_dim = embed_dim
+        self.n_data = n_data
+        self.nce_k = min(nce_k, min_other)
+        self.requested_k = nce_k
+        self.nce_t = float(nce_t)
+        self.momentum = float(momentum)
+        self.register_buffer("memory_student", _uniform_bank(n_data, embed_dim))
+        self.register_buffer("memory_teacher", _uniform_bank(n_data, embed_dim))
+        self.register_buffer("z_student", torch.tensor(-1.0))  # < 0: not set yet
+        self.register_buffer("z_teacher", torch.tensor(-1.0))
+        # Derived from `labels`, so not checkpointed: rows sorted by class make "all rows of other
+        # classes" two contiguous ranges, which lets sampling skip the own-class block arithmetically.
+        self.register_buffer("_labels", labels, persistent=False)
+        self.register_buffer("_rows_by_class", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("_class_start", torch.cumsum(class_count, 0) - class_count, persistent=False)
+        self.register_buffer("_class_count", class_count, persistent=False)
+
+    def sample_negatives(self, indices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[B]`` row ids -> ``[B, K]`` row ids drawn uniformly (with replacement) from other classes."""
+        sample_labels = self._labels[indices]  # [B]
+        start = self._class_start[sample_labels].unsqueeze(1)  # [B, 1]
+        count = self._class_count[sample_labels].unsqueeze(1)  # [B, 1]
+        n_other = self.n_data - count  # [B, 1]
+        uniform = torch.rand(
+            indices.shape[0], self.nce_k, generator=generator, device=indices.device, dtype=torch.float64
+        )
+        slot = torch.minimum((uniform * n_other).long(), n_other - 1)  # [B, K] in [0, n_other)
+        slot = slot + (slot >= start).long() * count  # jump over the own-class block
+        return self._rows_by_class[slot]
+
+    def forward(
+        self,
+        student_emb: Tensor,
+        teacher_emb: Tensor,
+        indices: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``[B, E]`` unit-norm embeddings, ``[B]`` row ids -> (student, teacher) scores ``[B, K+1]``."""
+        indices = indices.to(self.memory_student.device, torch.int64)
+        with torch.autocast(device_type=student_emb.device.type, enabled=False):
+            student_emb = student_emb.float()
+            teacher_emb = teacher_emb.float()
+            rows = torch.cat([indices.unsqueeze(1), self.sample_negatives(indices, generator)], dim=1)
+            student_scores = self._scores(self.memory_teacher, rows, student_emb)  # [B, K+1]
+            teacher_scores = self._scores(self.memory_student, rows, teacher_emb)  # [B, K+1]
+            self._set_z_once(self.z_student, student_scores)
+            self._set_z_once(self.z_teacher, teacher_scores)
+            student_scores = student_scores / self.z_student
+            teacher_scores = teacher_scores / self.z_teacher
+            if self.training:
+                self._update_bank(self.memory_student, indices, student_emb)
+                self._update_bank(self.memory_teacher, indices, teacher_emb)
+        return student_scores, teacher_scores
+
+    def _scores(self, bank: Tensor, rows: Tensor, emb: Tensor) -> Tensor:
+        weights = bank[rows].detach()  # [B, K+1, E]
+        return torch.exp(torch.bmm(weights, emb.unsqueeze(2)).squeeze(2) / self.nce_t)
+
+    @torch.no_grad()
+    def _set_z_once(self, z: Tensor, raw_scores: Tensor) -> None:
+        # torch.where instead of `if z < 0` keeps the step free of a device->host sync.
+        z.copy_(torch.where(z < 0, raw_scores.mean() * self.n_data, z))
+
+    @torch.no_grad()
+    def _update_bank(self, bank: Tensor, indices: Tensor, emb: Tensor) -> None:
+        mixed = bank[indices] * self.momentum + emb.detach() * (1.0 - self.momentum)
+        bank.index_copy_(0, indices, F.normalize(mixed, dim=1, eps=0.0))
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, n_data={self.n_data}, nce_k={self.nce_k}, "
+            f"nce_t={self.nce_t}, momentum={self.momentum}"
+        )
+
+
+class Embed(nn.Module):
+    """CRD's embedding head: ``normalize(W f + b)`` (Linear then L2 normalisation), output float32."""
+
+    def __init__(self, dim_in: int, dim_out: int = 128) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, features: Tensor) -> Tensor:
+        features = features.reshape(features.shape[0], -1).to(self.linear.weight.dtype)
+        return F.normalize(self.linear(features).float(), dim=1)
+
+
+class CRDLoss(nn.Module):
+    """``L_CRD = NCE(student_scores) + NCE(teacher_scores)`` (CRD's ``loss_s + loss_t``).
+
+    The student embedding is ``Embed(student_dim, embed_dim)``; the teacher side is ``teacher_embed``:
+    ``Embed(teacher_dim, embed_dim)`` for plain CRD, or a :class:`~richkd.fusion.FeatureFusion` for
+    RichKD-F, whose output f_F = normalize(λ P_T f_T + (1 − λ) P_C f_C) takes the teacher's place.
+    Tian et al., ICLR 2020 (https://arxiv.org/abs/1910.10699); Mansourian et al., 2025
+    (https://arxiv.org/abs/2511.09286).
+    """
+
+    def __init__(
+        self, *, student_dim: int, teacher_embed: nn.Module, embed_dim: int = 128, memory: ContrastMemory
+    ) -> None:
+        super().__init__()
+        if memory.embed_dim != embed_dim:
+            raise ValueError(f"memory embed_dim {memory.embed_dim} != embed_dim {embed_dim}")
+        self.student_embed = Embed(student_dim, embed_dim)
+        self.teacher_embed = teacher_embed
+        self.memory = memory
+
+    def forward(
+        self,
+        student_pooled: Tensor,
+        teacher_inputs: tuple[Tensor, ...],
+        indices: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[B, D_s]`` student features, teacher-side inputs, ``[B]`` row ids -> scalar loss."""
+        student_emb = self.student_embed(student_pooled)  # [B, E]
+        teacher_emb = self.teacher_embed(*(x.detach() for x in teacher_inputs))  # [B, E]
+        student_scores, teacher_scores = self.memory(student_emb, teacher_emb, indices, generator)
+        n_data = self.memory.n_data
+        return crd_nce_loss(student_scores, n_data) + crd_nce_loss(teacher_scores, n_data)
+
+    def describe(self) -> str:
+        mem = self.memory
+        desc = f"K={mem.nce_k}, tau={mem.nce_t}, momentum={mem.momentum}, dim={mem.embed_dim}"
+        if isinstance(self.teacher_embed, FeatureFusion):
+            desc += f", fused lambda={self.teacher_embed.feature_lambda}"
+        return desc
+
+
+def build_crd_loss(
+    *,
+    student_dim: int,
+    teacher_dim: int,
+    clip_dim: int | None,
+    feature_lambda: float | None,
+    embed_dim: int,
+    n_data: int,
+    labels: Tensor,
+    nce_k: int,
+    nce_t: float,
+    momentum: float,
+) -> CRDLoss:
+    """CRD loss whose teacher side is ``FeatureFusion`` when ``clip_dim`` is given, else ``Embed``."""
+    teacher_embed: nn.Module
+    if clip_dim is not None:
+        if feature_lambda is None:
+            raise ValueError("feature_lambda is required when clip_dim is given (feature fusion)")
+        teacher_embed = FeatureFusion(
+            teacher_dim=teacher_dim, clip_dim=clip_dim, embed_dim=embed_dim, feature_lambda=feature_lambda
+        )
+    else:
+        if feature_lambda is not None:
+            raise ValueError("feature_lambda without clip_dim: feature fusion needs the CLIP width")
+        teacher_embed = Embed(teacher_dim, embed_dim)
+    memory = ContrastMemory(
+        embed_dim=embed_dim, n_data=n_data, labels=labels, nce_k=nce_k, nce_t=nce_t, momentum=momentum
+    )
+    return CRDLoss(student_dim=student_dim, teacher_embed=teacher_embed, embed_dim=embed_dim, memory=memory)
+
+
+@DISTILLERS.register("crd")
+class CRD(Distiller):
+    """``L = w_ce · CE + w_kd · KD_T + w_crd · L_CRD(f_S, f_T)`` (Tian et al., ICLR 2020).
+
+    mdistiller/RepDistiller CIFAR defaults: w_ce = 1, w_crd = 0.8, w_kd = 0. Keys "ce", "kd", "crd".
+    """
+
+    needs_teacher = True
+    needs_clip = False
+
+    def __init__(
+        self,
+        *,
+        ce_weight: float,
+        crd_weight: float,
+        crd: CRDLoss | None,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.ce_weight, self.kd_weight, self.crd_weight = self.check_weights(
+            ce_weight=ce_weight, kd_weight=kd_weight, crd_weight=crd_weight
+        )
+        if (crd is None) != (crd_weight == 0):
+            raise ValueError(
+                "crd must be given iff crd_weight > 0 (a zero-weight term builds no memory bank)"
+            )
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.crd = crd
+        self.needs_indices = crd is not None
+
+    def forward(
+        self, student: ModelOutput, teacher: TeacherTargets | None, batch: Batch, progress: float
+    ) -> dict[str, Tensor]:
+        teacher = require_teacher(teacher, "CRD")
+        terms: dict[str, Tensor] = {}
+        if self.ce_weight:
+            terms["ce"] = self.ce_weight * cross_entropy_term(student, batch)
+        if self.kd_weight:
+            terms["kd"] = self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature)
+        if self.crd is not None:
+            if teacher.pooled is None:
+                raise ValueError("CRD needs teacher pooled features (TeacherTargets.pooled is None)")
+            terms["crd"] = self.crd_weight * self.crd(student.pooled, (teacher.pooled,), batch.indices)
+        return terms
+
+    def describe(self) -> str:
+        parts = [(self.ce_weight, "CE"), (self.kd_weight, f"KD(T={self.temperature})")]
+        if self.crd is not None:
+            parts.append((self.crd_weight, f"CRD({self.crd.describe()})"))
+        return format_loss(parts)
