@@ -1,0 +1,264 @@
+"""Composition root: RunConfig -> data, student, teacher targets, distiller, optimizer. The only reader of cfg."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from richkd import __version__
+from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfig, VanillaConfig
+from richkd.data import ArrayDataset, load_dataset
+from richkd.data.loader import DeviceData
+from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
+from richkd.engine.batches import BatchMaker
+from richkd.engine.checkpoint import load_model_file
+from richkd.engine.optim import build_optimizer
+from richkd.engine.trainer import FitParts, Schedule
+from richkd.errors import RichKDError
+from richkd.models import create_model
+from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
+from richkd.teachers.target_cache import TargetCache
+
+log = logging.getLogger(__name__)
+
+
+def stratified_rows(labels: Tensor, limit: int) -> Tensor:
+    """The first ceil(limit / C) rows of every class in row order, capped at `limit`: a stable, balanced subset."""
+    n_classes = int(labels.max()) + 1
+    per_class = math.ceil(limit / n_classes)
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    for c in range(n_classes):
+        keep[(labels == c).nonzero().flatten()[:per_class]] = True
+    return keep.nonzero().flatten()[:limit]
+
+
+def subset(ds: ArrayDataset, limit: int | None) -> tuple[ArrayDataset, Tensor | None]:
+    """(dataset, row_map) where row_map[i] is subset row i's row id in the full split (None = no subset)."""
+    if limit is None or limit >= len(ds):
+        return ds, None
+    rows = stratified_rows(ds.labels, limit)
+    return dataclasses.replace(ds, images=ds.images[rows].contiguous(), labels=ds.labels[rows]), rows
+
+
+def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    d = cfg.data
+    cache_dir = Path(d.cache_dir) if d.cache_dir else None
+    train = load_dataset(d.name, d.root, d.train_split, download=d.download, cache_dir=cache_dir)
+    test = load_dataset(d.name, d.root, d.test_split, download=d.download, cache_dir=cache_dir)
+    if train.classes != test.classes:
+        raise RichKDError(f"train and test splits of {d.name} have different classes")
+    return train, test
+
+
+def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device) -> nn.Module:
+    assert cfg.model.teacher is not None and cfg.model.teacher_checkpoint is not None
+    teacher = create_model(cfg.model.teacher, len(classes))
+    load_model_file(
+        Path(cfg.model.teacher_checkpoint),
+        teacher,
+        arch=cfg.model.teacher,
+        num_classes=len(classes),
+        classes=classes,
+    )
+    teacher = teacher.to(device)
+    if cfg.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def open_cache(cfg: RunConfig, train: ArrayDataset, device: torch.device) -> TargetCache:
+    assert cfg.vlm.cache is not None
+    cache = TargetCache.open(Path(cfg.vlm.cache))
+    cache.validate(dataset=train.name, split=train.split, n_rows=len(train), class_names=train.classes)
+    if cfg.vlm.view_mode == "matched" and cache.n_views < 2:
+        raise RichKDError(
+            f"vlm.view_mode=matched needs a cache with augmented views, but {cfg.vlm.cache} has "
+            f"{cache.n_views}: rebuild it with `richkd vlm cache --views K` or use vlm.view_mode=plain"
+        )
+    cache.to_device(device)
+    return cache
+
+
+def build_distiller(
+    cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: ArrayDataset
+) -> Distiller:
+    d = cfg.distill
+    if isinstance(d, VanillaConfig):
+        return Vanilla(ce_weight=d.ce_weight)
+    if isinstance(d, KDConfig):
+        return KD(temperature=d.temperature, kd_weight=d.kd_weight, ce_weight=d.ce_weight)
+    if isinstance(d, DKDConfig):
+        warmup = d.warmup_epochs / cfg.train.epochs
+        return DKD(
+            ce_weight=d.ce_weight, alpha=d.alpha, beta=d.beta, temperature=d.temperature, warmup=warmup
+        )
+
+    def crd_loss(clip: int | None, lam: float | None) -> Any:
+        assert isinstance(d, (CRDConfig, RichKDConfig))
+        return build_crd_loss(
+            student_dim=student_dim,
+            teacher_dim=teacher_dim,
+            clip_dim=clip,
+            feature_lambda=lam,
+            embed_dim=d.embed_dim,
+            n_data=len(train),
+            labels=train.labels,
+            nce_k=d.nce_k,
+            nce_t=d.nce_t,
+            momentum=d.momentum,
+        )
+
+    if isinstance(d, CRDConfig):
+        return CRD(
+            ce_weight=d.ce_weight,
+            crd_weight=d.crd_weight,
+            crd=crd_loss(None, None),
+            kd_weight=d.kd_weight,
+            temperature=d.temperature,
+        )
+    assert isinstance(d, RichKDConfig)
+    crd = None
+    if d.feat_weight > 0:
+        # The teacher-only control fuses nothing: the contrastive target is the projected teacher feature.
+        crd = crd_loss(clip_dim, cfg.feature_lambda) if cfg.fusion.use_vlm else crd_loss(None, None)
+    return RichKD(
+        ce_weight=d.ce_weight,
+        kd_weight=d.kd_weight,
+        feat_weight=d.feat_weight,
+        temperature=d.temperature,
+        crd=crd,
+    )
+
+
+def build_targets(
+    cfg: RunConfig, train: ArrayDataset, row_map: Tensor | None, device: torch.device
+) -> tuple[TargetSource | None, nn.Module | None, TargetCache | None]:
+    if isinstance(cfg.distill, VanillaConfig):
+        return None, None, None
+    teacher = build_teacher(cfg, train.classes, device)
+    online = OnlineTeacher(teacher)
+    if not isinstance(cfg.distill, RichKDConfig):
+        return online, teacher, None
+    cache = open_cache(cfg, train, device) if cfg.fusion.use_vlm else None
+    if row_map is not None:
+        row_map = row_map.to(device)
+    fused = FusedTargets(
+        online,
+        cache,
+        logit_alpha=cfg.fusion.logit_alpha,
+        vlm_logit_scale=cfg.vlm.logit_scale,
+        use_vlm=cfg.fusion.use_vlm,
+        row_map=row_map,
+    )
+    return fused, teacher, cache
+
+
+def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str, Any]]:
+    """Build everything a run needs, failing before any file is written. Returns (parts, provenance)."""
+    full_train, test = load_data(cfg)
+    train, row_map = subset(full_train, cfg.data.train_limit)
+    test, _ = subset(test, cfg.data.test_limit)
+    targets, teacher, cache = build_targets(cfg, full_train, row_map, device)
+    student = create_model(cfg.model.student, len(train.classes)).to(device)
+    if cfg.train.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    clip_dim = cache.meta.embed_dim if cache is not None else None
+    distiller = build_distiller(
+        cfg,
+        student_dim=int(student.feature_dim),
+        teacher_dim=int(getattr(teacher, "feature_dim", 0)),
+        clip_dim=clip_dim,
+        train=train,
+    ).to(device)
+    if cfg.train.compile:
+        student = torch.compile(student)  # type: ignore[assignment]
+    o = cfg.optim
+    params = [p for p in list(student.parameters()) + list(distiller.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(
+        params,
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov,
+        foreach=o.foreach,
+    )
+    schedule = Schedule(
+        epochs=cfg.train.epochs,
+        base_lr=o.lr,
+        schedule=o.schedule,
+        milestones=o.milestones,
+        gamma=o.gamma,
+        warmup_epochs=o.warmup_epochs,
+    )
+    matched = cache is not None and cfg.vlm.view_mode == "matched"
+    batches = BatchMaker(
+        DeviceData(train, device),
+        mean=train.mean,
+        std=train.std,
+        augment=cfg.data.augment,
+        pad=cfg.data.pad,
+        channels_last=cfg.train.channels_last,
+        n_views=cache.n_views if matched and cache else 1,
+        view_aug=cache.aug_params if matched and cache else None,
+        row_map=row_map.to(device) if row_map is not None else None,
+    )
+    t = cfg.train
+    parts = FitParts(
+        student=student,
+        arch=cfg.model.student,
+        distiller=distiller,
+        targets=targets,
+        optimizer=optimizer,
+        schedule=schedule,
+        train_batches=batches,
+        test_data=DeviceData(test, device),
+        test_mean=train.mean,
+        test_std=train.std,
+        classes=train.classes,
+        batch_size=t.batch_size,
+        eval_batch_size=t.eval_batch_size,
+        seed=cfg.seed,
+        bf16=t.bf16,
+        channels_last=t.channels_last,
+        progress=t.progress,
+        eval_every=t.eval_every,
+        max_steps_per_epoch=t.max_steps_per_epoch,
+        stop_after=t.stop_after,
+    )
+    provenance = {
+        "richkd_version": __version__,
+        "git_sha": git_sha(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "loss": distiller.describe(),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "dataset_source": full_train.source,
+        "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
+    }
+    return parts, provenance
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,361 @@
+"""Typed run configuration: frozen dataclasses, loaded from YAML + `key=value` overrides, validated once.
+
+This is the only module that reads YAML. Everything below `build.py` takes plain values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from richkd.errors import RichKDError
+
+Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "cifar100"  # cifar10 | cifar100 | imagefolder | fashion_mnist
+    root: str | None = None  # dataset root (folder or archive); None = the dataset's default location
+    download: bool = False  # fetch the official archive when missing (needs internet)
+    cache_dir: str | None = None  # where decoded image-folder arrays are kept
+    train_split: str = "train"
+    test_split: str = "test"
+    train_limit: int | None = None  # keep a stratified subset of this many training rows (reduced-scale runs)
+    test_limit: int | None = None
+    augment: bool = True  # random crop (pad 4) + horizontal flip on the training set
+    pad: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    student: str = "resnet8x4"
+    teacher: str | None = None  # zoo name of the frozen CNN teacher
+    teacher_checkpoint: str | None = (
+        None  # weights file written by `richkd train` (model_last.pt) or mdistiller
+    )
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    cache: str | None = None  # target cache directory built by `richkd vlm cache`
+    logit_scale: float = 1.0  # s in z_C = s * cos(v, w_c); reference code uses 1, standard CLIP 100
+    view_mode: Literal["plain", "matched"] = "plain"  # plain = reference; matched = serve the cached view
+    # whose crop/flip the student sees (needs a cache with augmented views)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    logit_alpha: float = 0.7  # alpha in z_F = alpha * z_T + (1 - alpha) * s * z_C
+    feature_lambda: float | None = None  # lambda of feature fusion; None = logit_alpha (reference ties them)
+    use_vlm: bool = True  # False = the control "alpha * z_T only, no vision-language term"
+
+
+@dataclass(frozen=True)
+class VanillaConfig:
+    method: Literal["vanilla"] = "vanilla"
+    ce_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    method: Literal["kd"] = "kd"
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class DKDConfig:
+    method: Literal["dkd"] = "dkd"
+    ce_weight: float = 1.0
+    alpha: float = 1.0
+    beta: float = 8.0
+    temperature: float = 4.0
+    warmup_epochs: float = 20.0
+
+
+@dataclass(frozen=True)
+class CRDConfig:
+    method: Literal["crd"] = "crd"
+    ce_weight: float = 1.0
+    crd_weight: float = 0.8
+    kd_weight: float = 0.0
+    temperature: float = 4.0
+    embed_dim: int = 128
+    nce_k: int = 16384
+    nce_t: float = 0.07
+    momentum: float = 0.5
+
+
+@dataclass(frozen=True)
+class RichKDConfig:
+    method: Literal["richkd"] = "richkd"
+    ce_weight: float = 1.0
+    kd_weight: float = 3.0  # w_logit; 0 = RichKD(F)
+    feat_weight: float = 0.8  # w_feat; 0 = RichKD(L)
+    temperature: float = 3.0
+    embed_dim: int = 128
+    nce_k: int = 16384
+    nce_t: float = 0.07
+    momentum: float = 0.5
+
+
+DistillConfig = VanillaConfig | KDConfig | DKDConfig | CRDConfig | RichKDConfig
+DISTILL_CONFIGS: dict[str, type] = {
+    "vanilla": VanillaConfig,
+    "kd": KDConfig,
+    "dkd": DKDConfig,
+    "crd": CRDConfig,
+    "richkd": RichKDConfig,
+}
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: tuple[int, ...] = (150, 180, 210)  # epochs after which lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up (0 = reference)
+    foreach: bool = True  # multi-tensor SGD kernel
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    device: str = "cpu"
+    bf16: bool = False  # autocast to bfloat16 (CPU and CUDA)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the student
+    threads: int | None = None  # torch intra-op threads (CPU); None = torch default
+    eval_every: int = 1  # epochs
+    progress: bool = True  # tqdm progress bar (auto-off when stderr is not a terminal)
+    max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests, benchmarks)
+    stop_after: int | None = (
+        None  # end this invocation after N epochs (time-boxed jobs); finish with --resume
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    distill: DistillConfig = field(default_factory=VanillaConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    out_dir: str = "runs/default"
+
+    def validate(self) -> None:
+        """Cross-field checks; each failure is one line naming the key and the fix."""
+        d, t, o = self.distill, self.train, self.optim
+        checks: list[tuple[bool, str]] = [
+            (0.0 <= self.fusion.logit_alpha <= 1.0, "fusion.logit_alpha must be in [0, 1]"),
+            (
+                self.fusion.feature_lambda is None or 0.0 <= self.fusion.feature_lambda <= 1.0,
+                "fusion.feature_lambda must be in [0, 1]",
+            ),
+            (self.vlm.logit_scale > 0, "vlm.logit_scale must be > 0"),
+            (t.epochs >= 1, "train.epochs must be >= 1"),
+            (t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size must be >= 1"),
+            (o.lr > 0, "optim.lr must be > 0"),
+            (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (self.data.pad >= 0, "data.pad must be >= 0"),
+            (self.data.train_limit is None or self.data.train_limit >= 1, "data.train_limit must be >= 1"),
+            (self.data.test_limit is None or self.data.test_limit >= 1, "data.test_limit must be >= 1"),
+        ]
+        temperature = getattr(d, "temperature", 1.0)
+        checks.append((temperature > 0, f"distill.temperature must be > 0 (got {temperature})"))
+        for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta"):
+            value = getattr(d, name, 0.0)
+            checks.append((value >= 0, f"distill.{name} must be >= 0 (got {value})"))
+        for ok, message in checks:
+            if not ok:
+                raise RichKDError(f"invalid config: {message}")
+        needs_teacher = d.method != "vanilla"
+        if needs_teacher and (self.model.teacher is None or self.model.teacher_checkpoint is None):
+            raise RichKDError(
+                f"invalid config: method {d.method!r} needs model.teacher and model.teacher_checkpoint"
+            )
+        if isinstance(d, RichKDConfig) and self.fusion.use_vlm and self.vlm.cache is None:
+            raise RichKDError(
+                "invalid config: richkd needs vlm.cache (build one with `richkd vlm cache`), "
+                "or fusion.use_vlm=false for the teacher-only control"
+            )
+        if isinstance(d, (CRDConfig, RichKDConfig)) and (d.nce_k < 1 or d.embed_dim < 1):
+            raise RichKDError("invalid config: distill.nce_k and distill.embed_dim must be >= 1")
+
+    @property
+    def feature_lambda(self) -> float:
+        lam = self.fusion.feature_lambda
+        return self.fusion.logit_alpha if lam is None else lam
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against annotation `tp` (the small subset of typing our configs use)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except RichKDError as err:
+                errors.append(str(err))
+        raise RichKDError(errors[0] if len(errors) == 1 else f"invalid value for {key}: {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise RichKDError(f"invalid value for {key}: {value!r}; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RichKDError(f"invalid value for {key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[]") for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads `5e-4` as a string
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise RichKDError(f"invalid value for {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise RichKDError(f"invalid config: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise RichKDError(
+            f"unknown config key {prefix}{unknown[0]} in {where}; valid keys: {', '.join(names)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build_dataclass(tp, value or {}, f"{prefix}{name}.")  # type: ignore[arg-type]
+        elif name == "distill" and cls is RunConfig:
+            kwargs[name] = _build_distill(value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _build_distill(raw: Any, prefix: str) -> DistillConfig:
+    if not isinstance(raw, Mapping) or "method" not in raw:
+        raise RichKDError(f"invalid config: {prefix}method is required; one of {sorted(DISTILL_CONFIGS)}")
+    method = raw["method"]
+    if method not in DISTILL_CONFIGS:
+        raise RichKDError(f"unknown distill.method {method!r}; choose one of {sorted(DISTILL_CONFIGS)}")
+    result: DistillConfig = _build_dataclass(DISTILL_CONFIGS[method], raw, prefix)
+    return result
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RichKDError(f"invalid override {dotted!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """`a.b=value` pairs; values are parsed as YAML scalars/lists (`1e-3`, `true`, `[1, 2]`)."""
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RichKDError(f"invalid override {item!r}: expected key=value, e.g. train.epochs=2")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads `1e-3` as a string
+            except ValueError:
+                pass
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    cfg: RunConfig = _build_dataclass(RunConfig, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RichKDError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise RichKDError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise RichKDError(f"config file {p} must hold a mapping at top level")
+        raw = loaded or {}
+    for key, value in parse_overrides(overrides):
+        if key == "distill.method" and isinstance(raw.get("distill"), dict):
+            # switching method drops the previous method's keys rather than failing on them
+            raw["distill"] = {}
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, tuple):
+            return [convert(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        return obj
+
+    result: dict[str, Any] = convert(dataclasses.asdict(cfg))
+    return result
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,289 @@
+"""The training loop: method-agnostic (a distiller returns weighted named terms), resumable to the same
+result, evaluating every epoch and recording best- AND last-epoch accuracy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from richkd.data.batch import Batch
+from richkd.data.loader import DeviceData, epoch_batches
+from richkd.distill.base import Distiller
+from richkd.engine import dist
+from richkd.engine.batches import BatchMaker
+from richkd.engine.checkpoint import load_training_state, save_model, save_training_state, unwrap
+from richkd.engine.evaluate import evaluate_model
+from richkd.engine.io import write_json_atomic, write_text_atomic
+from richkd.engine.optim import lr_at, set_lr
+from richkd.errors import RichKDError
+from richkd.teachers.frozen import TargetSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    base_lr: float
+    schedule: str
+    milestones: tuple[int, ...]
+    gamma: float
+    warmup_epochs: int
+
+    def lr(self, epoch: int) -> float:
+        return lr_at(
+            epoch,
+            base_lr=self.base_lr,
+            epochs=self.epochs,
+            schedule=self.schedule,
+            milestones=self.milestones,
+            gamma=self.gamma,
+            warmup_epochs=self.warmup_epochs,
+        )
+
+
+@dataclass
+class FitParts:
+    """Everything `fit` needs, built by build.py. No config objects below this line."""
+
+    student: nn.Module
+    arch: str
+    distiller: Distiller
+    targets: TargetSource | None
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train_batches: BatchMaker
+    test_data: DeviceData
+    test_mean: tuple[float, float, float]
+    test_std: tuple[float, float, float]
+    classes: tuple[str, ...]
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    bf16: bool = False
+    channels_last: bool = False
+    progress: bool = True
+    eval_every: int = 1
+    max_steps_per_epoch: int | None = None
+    stop_after: int | None = None
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+class StepModule(nn.Module):
+    """Student + distiller as one module, so DDP syncs the distiller's trainable heads with the student."""
+
+    def __init__(self, student: nn.Module, distiller: Distiller) -> None:
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+
+    def forward(self, batch: Batch, targets: Any, progress: float) -> tuple[dict[str, Tensor], Tensor]:
+        out = self.student(batch.images)
+        terms: dict[str, Tensor] = self.distiller(out, targets, batch, progress)
+        return terms, out.logits
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _steps(parts: FitParts, n_rows: int, generator: torch.Generator) -> list[Tensor]:
+    batches = epoch_batches(
+        n_rows,
+        parts.batch_size,
+        shuffle=True,
+        drop_last=False,
+        generator=generator,
+        rank=dist.rank(),
+        world_size=dist.world_size(),
+    )
+    if parts.max_steps_per_epoch is not None:
+        batches = batches[: parts.max_steps_per_epoch]
+    return batches
+
+
+def _train_epoch(
+    parts: FitParts, step_module: nn.Module, epoch: int, generator: torch.Generator
+) -> dict[str, float]:
+    device = parts.test_data.images.device
+    step_module.train()
+    rows_per_epoch = _steps(parts, len(parts.train_batches.data), generator)
+    totals: dict[str, float] = {}
+    correct = seen = 0
+    bar: Iterator[Tensor] = iter(rows_per_epoch)
+    if parts.progress and dist.is_main():
+        bar = iter(tqdm(rows_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=None))
+    for step, rows in enumerate(bar):
+        progress = (epoch + 1) / parts.schedule.epochs  # mdistiller: 1-based epoch, constant within it
+        batch = parts.train_batches(rows, generator)
+        with _autocast(device, parts.bf16):
+            targets = parts.targets(batch) if parts.targets is not None else None
+            terms, logits = step_module(batch, targets, progress)
+            loss = torch.stack([t.float() for t in terms.values()]).sum()
+        if not torch.isfinite(loss):
+            raise RichKDError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}: lower optim.lr")
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        parts.optimizer.step()
+        b = rows.numel()
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float().item() * b
+        correct += int((logits.detach().argmax(1) == batch.labels).sum())
+        seen += b
+    record = {f"train/loss_{k}": v / max(1, seen) for k, v in totals.items()}
+    record["train/loss"] = sum(record.values())
+    record["train/top1"] = 100.0 * correct / max(1, seen)
+    return dist.mean_over_ranks(record)
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop records written after the checkpoint we resume from (the run died between the two writes)."""
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch
+    ]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
+    """Train for `parts.schedule.epochs`; returns the summary also written to run_dir/summary.json."""
+    device = parts.test_data.images.device
+    generator = torch.Generator().manual_seed(parts.seed)
+    step_module: nn.Module = StepModule(parts.student, parts.distiller)
+    best = {"top1": -math.inf, "epoch": 0, "top5": 0.0}
+    start_epoch = 0
+    wall = 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume and ckpt_path.exists():
+        state = load_training_state(ckpt_path)
+        step_module.load_state_dict(state["student_and_distiller"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], generator)
+        start_epoch, best, wall = state["epoch"], state["best"], state["wall_s"]
+        _truncate_metrics(metrics_path, start_epoch) if dist.is_main() else None
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    step_module = dist.wrap_ddp(step_module, device)
+    last: dict[str, Any] = {}
+    end_epoch = parts.schedule.epochs
+    if parts.stop_after is not None:
+        end_epoch = min(end_epoch, start_epoch + parts.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        lr = parts.schedule.lr(epoch)
+        set_lr(parts.optimizer, lr)
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+        record.update(_train_epoch(parts, step_module, epoch, generator))
+        train_s = time.perf_counter() - t0
+        wall += train_s
+        record["time/train_s"] = train_s
+        is_last = epoch + 1 == parts.schedule.epochs
+        if (epoch + 1) % parts.eval_every == 0 or is_last:
+            metrics = evaluate_model(
+                parts.student,
+                parts.test_data,
+                mean=parts.test_mean,
+                std=parts.test_std,
+                batch_size=parts.eval_batch_size,
+                bf16=parts.bf16,
+                channels_last=parts.channels_last,
+            )
+            record.update({f"test/{k}": v for k, v in metrics.items()})
+            if metrics["top1"] > best["top1"]:
+                best = {"top1": metrics["top1"], "epoch": epoch + 1, "top5": metrics["top5"]}
+                if dist.is_main():
+                    save_model(
+                        run_dir / "model_best.pt",
+                        parts.student,
+                        arch=parts.arch,
+                        num_classes=len(parts.classes),
+                        classes=parts.classes,
+                    )
+            last = metrics
+        record["time/wall_s"] = wall
+        if dist.is_main():
+            save_model(
+                run_dir / "model_last.pt",
+                parts.student,
+                arch=parts.arch,
+                num_classes=len(parts.classes),
+                classes=parts.classes,
+            )
+            save_training_state(
+                ckpt_path,
+                {
+                    "epoch": epoch + 1,
+                    "student": unwrap(parts.student).state_dict(),
+                    "student_and_distiller": unwrap(step_module).state_dict(),
+                    "optimizer": parts.optimizer.state_dict(),
+                    "rng": _rng_state(generator),
+                    "best": best,
+                    "wall_s": wall,
+                },
+            )
+            _append_jsonl(metrics_path, record)
+        log.info(_format_record(record))
+    if end_epoch < parts.schedule.epochs:
+        log.info("stopped after epoch %d of %d; continue with --resume", end_epoch, parts.schedule.epochs)
+        return {"stopped_at_epoch": end_epoch, "epochs": parts.schedule.epochs}
+    if not last:
+        raise RichKDError(f"nothing to train: the run in {run_dir} already finished; use a new out_dir")
+    summary = {
+        "best_top1": best["top1"],
+        "best_top5": best["top5"],
+        "best_epoch": best["epoch"],
+        "last_top1": last["top1"],
+        "last_top5": last["top5"],
+        "last_nll": last["nll"],
+        "last_ece": last["ece"],
+        "epochs": parts.schedule.epochs,
+        "train_wall_s": wall,
+        "loss": parts.distiller.describe(),
+        "note": "best_* is the best test accuracy over epochs (reference protocol: selected on the test set); "
+        "last_* is the final epoch",
+    }
+    if dist.is_main():
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    keys = ["epoch", "lr", "train/loss", "train/top1", "test/top1", "test/top5", "time/train_s"]
+    return "  ".join(
+        f"{k.split('/')[-1]}={record[k]:.4g}" if isinstance(record[k], float) else f"{k}={record[k]}"
+        for k in keys
+        if k in record
+    )

@@ -1,0 +1,250 @@
+"""End to end through the real CLI on a small slice of real CIFAR-10 images: train a teacher, make a target
+cache, distil with RichKD-L+F, stop and resume to the same result, evaluate; and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from richkd.data import load_dataset
+from richkd.teachers.target_cache import CacheMeta, write_target_cache
+
+pytestmark = pytest.mark.shared_data
+
+COMMON = [
+    "train.batch_size=32",
+    "train.eval_batch_size=64",
+    "train.threads=1",
+    "train.progress=false",
+    "data.name=imagefolder",
+    "optim.lr=0.02",
+    "optim.schedule=cosine",
+]
+
+
+def richkd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "richkd", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"richkd {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("e2e")
+    data = [f"data.root={tiny_cifar10}", f"data.cache_dir={base / 'dc'}"]
+    richkd(
+        "train",
+        *COMMON,
+        *data,
+        "model.student=resnet8",
+        "distill.method=vanilla",
+        "train.epochs=2",
+        f"out_dir={base / 'teacher'}",
+    )
+    train = load_dataset("imagefolder", tiny_cifar10, "train", cache_dir=base / "dc")
+    cache = base / "cache"
+    make_cache(cache, train.name, train.split, len(train), list(train.classes))
+    return {"base": base, "archive": tiny_cifar10, "teacher": base / "teacher", "cache": cache}
+
+
+def make_cache(
+    path: Path, dataset: str, split: str, n_rows: int, classes: list[str], n_views: int = 1
+) -> None:
+    """A small cache with random (but fixed) contents, in the real on-disk format."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(n_rows, n_views, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    class_emb = rng.normal(size=(len(classes), 16)).astype(np.float32)
+    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
+    cosines = emb @ class_emb.T
+    aug = np.zeros((n_rows, n_views, 3), dtype=np.int16)
+    aug[..., :2] = 4
+    meta = CacheMeta(
+        dataset=dataset,
+        split=split,
+        n_rows=n_rows,
+        class_names=tuple(classes),
+        n_views=n_views,
+        view_names=("plain", *(f"aug{i}" for i in range(n_views - 1))),
+        model_id="test-random",
+        model_kind="random",
+        model_label="random (test only)",
+        weights_sha256="0" * 64,
+        templates=("a photo of a {}.",),
+        templates_sha256="0" * 64,
+        clean_names=True,
+        embed_dim=16,
+        image_size=32,
+    )
+    write_target_cache(
+        path,
+        cosines=cosines,
+        image_emb=emb.astype(np.float16),
+        aug_params=aug,
+        class_emb=class_emb,
+        meta=meta,
+    )
+
+
+def distil_args(work: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "model.student=resnet8",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
+        "distill.method=richkd",
+        "distill.nce_k=64",
+        f"vlm.cache={work['cache']}",
+        "train.epochs=3",
+        f"out_dir={out}",
+        *extra,
+    ]
+
+
+def test_teacher_run_directory(work: dict[str, Path]) -> None:
+    run = work["teacher"]
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+        "model_last.pt",
+        "model_best.pt",
+    ):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"best_top1", "last_top1", "best_epoch"} <= set(summary)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_richkd_stop_resume_matches_uninterrupted_and_eval(work: dict[str, Path]) -> None:
+    straight, resumed = work["base"] / "straight", work["base"] / "resumed"
+    richkd("train", *distil_args(work, straight))
+    first = richkd("train", *distil_args(work, resumed, "train.stop_after=1"))
+    assert not (resumed / "summary.json").exists(), first.stdout
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 1
+    richkd("train", *distil_args(work, resumed), "--resume")
+    a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train/loss_ce", "train/loss_kd", "train/loss_feat", "test/top1", "test/nll"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), key
+    run = json.loads((straight / "run.json").read_text())
+    assert "KD" in run["loss"] and run["target_cache"]["n_rows"] == 160
+    summary = json.loads((straight / "summary.json").read_text())
+    ev = richkd(
+        "eval",
+        "--checkpoint",
+        str(straight / "model_last.pt"),
+        "--dataset",
+        "imagefolder",
+        "--root",
+        str(work["archive"]),
+        "--threads",
+        "1",
+    )
+    result = json.loads(ev.stdout)
+    assert result["top1"] == pytest.approx(summary["last_top1"])
+
+
+def test_same_seed_same_first_loss_and_teacher_only_control(work: dict[str, Path]) -> None:
+    out1, out2 = work["base"] / "seed_a", work["base"] / "seed_b"
+    args = ["train.epochs=1", "train.max_steps_per_epoch=2", "fusion.use_vlm=false", "vlm.cache=null"]
+    richkd("train", *distil_args(work, out1, *args))
+    richkd("train", *distil_args(work, out2, *args))
+    la = json.loads((out1 / "metrics.jsonl").read_text().splitlines()[0])
+    lb = json.loads((out2 / "metrics.jsonl").read_text().splitlines()[0])
+    assert la["train/loss"] == lb["train/loss"]
+    assert json.loads((out1 / "run.json").read_text())["target_cache"] is None
+
+
+def test_existing_run_needs_resume(work: dict[str, Path]) -> None:
+    proc = richkd(
+        "train",
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "model.student=resnet8",
+        "train.epochs=2",
+        f"out_dir={work['teacher']}",
+        check=False,
+    )
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def _fails_cleanly(proc: subprocess.CompletedProcess[str], out: Path, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("richkd: error:"), proc.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists(), f"{out} was created by a failing run"
+
+
+def test_bad_inputs_fail_in_one_line_without_files(work: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    base = distil_args(work, out)
+    _fails_cleanly(richkd("train", *base, "data.root=/no/such/archive.tar.gz", check=False), out, "/no/such")
+    _fails_cleanly(richkd("train", *base, "model.student=resnet9000", check=False), out, "resnet9000")
+    _fails_cleanly(richkd("train", *base, "distill.temperature=-1", check=False), out, "temperature")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    _fails_cleanly(richkd("train", *base, f"model.teacher_checkpoint={corrupt}", check=False), out, "corrupt")
+    _fails_cleanly(richkd("train", *base, "model.teacher=resnet14", check=False), out, "resnet")
+    train = load_dataset("imagefolder", work["archive"], "train", cache_dir=work["base"] / "dc")
+    wrong_ds = tmp_path / "cache_other"
+    make_cache(wrong_ds, "cifar100", "train", len(train), list(train.classes))
+    _fails_cleanly(richkd("train", *base, f"vlm.cache={wrong_ds}", check=False), out, "cifar100")
+    wrong_rows = tmp_path / "cache_rows"
+    make_cache(wrong_rows, train.name, "train", len(train) - 1, list(train.classes))
+    _fails_cleanly(richkd("train", *base, f"vlm.cache={wrong_rows}", check=False), out, "rows")
+    wrong_classes = tmp_path / "cache_classes"
+    make_cache(wrong_classes, train.name, "train", len(train), list(reversed(train.classes)))
+    _fails_cleanly(richkd("train", *base, f"vlm.cache={wrong_classes}", check=False), out, "class")
+
+
+def test_models_command_lists_zoo() -> None:
+    proc = richkd("models")
+    assert "resnet32x4" in proc.stdout and "7.43" in proc.stdout
+
+
+def test_overfits_64_samples(work: dict[str, Path]) -> None:
+    """The whole path learns: a small student memorises 64 real images (train accuracy near 100 %)."""
+    out = work["base"] / "overfit"
+    torch.manual_seed(0)
+    richkd(
+        "train",
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "model.student=resnet8",
+        "distill.method=vanilla",
+        "data.augment=false",
+        "data.train_limit=64",
+        "train.epochs=30",
+        "optim.lr=0.05",
+        "optim.weight_decay=0",
+        f"out_dir={out}",
+    )
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["train/top1"] >= 95.0, last
