@@ -39,8 +39,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise RichKDError(f"{run_dir} already holds a run: pass --resume to continue it, or set out_dir=...")
     if args.resume and (run_dir / "config.yaml").exists():
         saved, current = config_to_dict(load_config(run_dir / "config.yaml")), config_to_dict(cfg)
-        for d in (saved, current):  # how far one invocation goes does not change the run
-            d["train"].pop("stop_after"), d["train"].pop("progress")
+        for d in (saved, current):  # how far one invocation goes, and how fast, does not change the run
+            for key in ("stop_after", "progress", "threads"):
+                d["train"].pop(key)
         if saved != current:
             raise RichKDError(
                 f"--resume: the config differs from {run_dir / 'config.yaml'}; resume with that file"
