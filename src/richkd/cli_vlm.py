@@ -1,0 +1,194 @@
+"""`richkd vlm zeroshot | cache | fit-scale`: the vision-language teacher from the command line.
+
+Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main`, which prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from richkd.errors import RichKDError
+
+if TYPE_CHECKING:
+    from richkd.data.arrays import ArrayDataset
+    from richkd.teachers.vlm import VisionLanguageTeacher
+
+log = logging.getLogger(__name__)
+
+TEACHER_HELP = "surrogate | random[:SEED] | open_clip:ARCH (e.g. open_clip:ViT-L-14) | hf:PATH_OR_HUB_ID"
+
+
+def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
+    p.add_argument("--root", default=None, help="dataset root (folder or archive)")
+    p.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
+    p.add_argument("--split", default=split)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N rows (smoke tests)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="surrogate", help=TEACHER_HELP)
+    p.add_argument("--weights", default=None, help="open_clip: local checkpoint file or pretrained tag")
+    p.add_argument("--templates", default=None, help="prompt template file, one per line with {} (default: 12)")
+    p.add_argument("--no-clean-names", dest="clean_names", action="store_false",
+                   help="feed raw class names (underscores kept), as the reference code does")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+
+
+def add_vlm_parser(subparsers: Any) -> None:
+    """Register `richkd vlm ...` on the main CLI's subparsers."""
+    vlm = subparsers.add_parser("vlm", help="vision-language teacher: zero-shot eval, target cache, scale fit")
+    sub = vlm.add_subparsers(dest="vlm_command", required=True)
+
+    zs = sub.add_parser("zeroshot", help="zero-shot top-1/top-5, NLL, ECE of a teacher on a split")
+    _add_data_args(zs, "test")
+    _add_teacher_args(zs)
+    zs.add_argument("--logit-scale", type=float, action="append", default=None,
+                    help="logit scale(s) for NLL/ECE; repeatable (default: 1 and the model's own)")
+    zs.add_argument("--out", default=None, help="write the results as JSON here")
+    zs.set_defaults(func=cmd_zeroshot)
+
+    cache = sub.add_parser("cache", help="build (or resume) a target cache of a split")
+    _add_data_args(cache, "train")
+    _add_teacher_args(cache)
+    cache.add_argument("--out", required=True, help="cache directory")
+    cache.add_argument("--views", type=int, default=0, help="number of random crop/flip views beyond plain/flip")
+    cache.add_argument("--no-flip", dest="include_flip", action="store_false", help="omit the mirrored view")
+    cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
+    cache.set_defaults(func=cmd_cache)
+
+    fit = sub.add_parser("fit-scale", help="fit the logit scale minimising NLL of cached cosines (train data)")
+    _add_data_args(fit, "train")
+    fit.add_argument("--cache", required=True, help="target cache directory of that split")
+    fit.add_argument("--all-views", action="store_true", help="fit on every cached view, not just the plain one")
+    fit.add_argument("--out", default=None, help="write the result as JSON here")
+    fit.set_defaults(func=cmd_fit_scale)
+
+
+def _load_data(args: argparse.Namespace) -> ArrayDataset:
+    from richkd.data import load_dataset
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise RichKDError("--limit must be >= 1")
+        n = min(args.limit, len(ds))
+        ds = dataclasses.replace(ds, images=ds.images[:n].contiguous(), labels=ds.labels[:n].contiguous())
+    return ds
+
+
+def _load_teacher(args: argparse.Namespace) -> tuple[VisionLanguageTeacher, tuple[str, ...]]:
+    from richkd.teachers.prompts import DEFAULT_TEMPLATES, load_templates
+    from richkd.teachers.vlm import load_vlm
+
+    templates = load_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
+    vlm = load_vlm(args.teacher, device=args.device, weights=args.weights)
+    log.info("teacher: %s (%s)", vlm.label, vlm.model_id)
+    return vlm, templates
+
+
+def _encode_split(vlm: VisionLanguageTeacher, ds: ArrayDataset, args: argparse.Namespace) -> torch.Tensor:
+    device = torch.device(args.device)
+    amp = args.bf16 and device.type in ("cpu", "cuda")
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(ds), args.batch_size):
+            x = ds.images[start : start + args.batch_size].to(device).float() / 255.0
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                chunks.append(torch.nn.functional.normalize(vlm.encode_images(x).float(), dim=-1).cpu())
+    return torch.cat(chunks)  # [N, E]
+
+
+def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    from richkd.analysis.metrics import expected_calibration_error, nll, topk_accuracy
+
+    acc = topk_accuracy(logits, labels, (1, 5))
+    return {"top1": acc[1], "top5": acc[5], "nll": nll(logits, labels),
+            "ece": expected_calibration_error(logits, labels, n_bins=15)}
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from richkd.teachers.prompts import SINGLE_TEMPLATE
+    from richkd.teachers.zero_shot import class_embeddings, zero_shot_logits
+
+    ds = _load_data(args)
+    vlm, templates = _load_teacher(args)
+    scales = args.logit_scale or [1.0, vlm.logit_scale]
+    t0 = time.perf_counter()
+    image_emb = _encode_split(vlm, ds, args)
+    seconds = time.perf_counter() - t0
+    prompt_sets = {f"ensemble ({len(templates)})": templates, f"single ({SINGLE_TEMPLATE[0]!r})": SINGLE_TEMPLATE}
+    rows = []
+    for prompts_name, prompts in prompt_sets.items():
+        class_emb = class_embeddings(vlm, ds.classes, prompts, clean_names=args.clean_names).cpu()
+        for scale in scales:
+            logits = zero_shot_logits(image_emb, class_emb, scale)
+            rows.append({"prompts": prompts_name, "logit_scale": scale, **_metrics(logits, ds.labels)})
+    result = {"teacher": vlm.label, "model_id": vlm.model_id, "dataset": ds.name, "split": ds.split,
+              "rows": len(ds), "clean_names": args.clean_names, "image_seconds": round(seconds, 2),
+              "images_per_second": round(len(ds) / seconds, 1), "results": rows}
+    print(f"{vlm.label} on {ds.name}/{ds.split} ({len(ds)} images)")
+    print(f"{'prompts':<30} {'scale':>8} {'top-1 %':>8} {'top-5 %':>8} {'NLL':>7} {'ECE %':>7}")
+    for r in rows:
+        print(f"{r['prompts']:<30} {r['logit_scale']:>8.3g} {r['top1']:>8.2f} {r['top5']:>8.2f} "
+              f"{r['nll']:>7.3f} {100 * r['ece']:>7.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from richkd.teachers.cache_builder import build_target_cache
+
+    ds = _load_data(args)
+    vlm, templates = _load_teacher(args)
+    t0 = time.perf_counter()
+    out = build_target_cache(
+        vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names, n_aug_views=args.views,
+        include_flip=args.include_flip, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
+        device=args.device,
+    )
+    print(f"target cache {out}: {ds.name}/{ds.split}, {len(ds)} rows, teacher {vlm.label} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_fit_scale(args: argparse.Namespace) -> int:
+    from richkd.teachers.target_cache import TargetCache
+    from richkd.teachers.zero_shot import fit_logit_scale
+
+    ds = _load_data(args)
+    cache = TargetCache.open(args.cache)
+    cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
+    cosines = cache.all_cosines(None if args.all_views else 0)
+    if args.all_views:  # [N, V, C] -> [N*V, C], each view labelled with its row's class
+        labels = ds.labels.repeat_interleave(cache.n_views)
+        cosines = cosines.reshape(-1, cosines.shape[-1])
+    else:
+        labels = ds.labels
+    scale = fit_logit_scale(cosines.float(), labels)
+    before = _metrics(cosines.float(), labels)
+    after = _metrics(scale * cosines.float(), labels)
+    result = {"cache": str(args.cache), "teacher": cache.meta.model_label, "logit_scale": scale,
+              "views": "all" if args.all_views else "plain", "nll_at_1": before["nll"], "nll_at_fit": after["nll"],
+              "ece_at_fit": after["ece"]}
+    print(f"fitted logit scale {scale:.3f} (NLL {before['nll']:.3f} at scale 1 -> {after['nll']:.3f}; "
+          f"ECE {100 * after['ece']:.2f} %) for {cache.meta.model_label}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -1,0 +1,214 @@
+"""Build a target cache: every row x view through the vision-language teacher once (METHOD.md §6).
+
+Constant memory (one batch in flight; results go straight into memory-mapped .npy files) and resumable:
+`progress.json` records the recipe and the rows done after each flushed batch; rerunning the same command
+continues from there. `meta.json` is written last, so `TargetCache.open` refuses an unfinished build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from richkd.errors import RichKDError
+from richkd.teachers.prompts import check_templates, templates_sha256
+from richkd.teachers.target_cache import ARRAY_FILES, META_FILE, PROGRESS_FILE, CacheMeta
+from richkd.teachers.vlm import VisionLanguageTeacher
+from richkd.teachers.zero_shot import class_embeddings
+
+if TYPE_CHECKING:
+    from richkd.data.arrays import ArrayDataset
+
+log = logging.getLogger(__name__)
+
+PARAM_BLOCK = 65536  # aug params are drawn per block of rows, seeded by (seed, block): batch-size independent
+
+
+def view_names(n_aug_views: int, include_flip: bool) -> tuple[str, ...]:
+    """View 0 is the plain image, 1 its mirror (if included), then the random crop/flip views."""
+    return ("plain",) + (("flip",) if include_flip else ()) + tuple(f"aug{k}" for k in range(n_aug_views))
+
+
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    digest = hashlib.sha256(f"richkd-aug|{seed}|{block}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _write_aug_params(arr: np.ndarray[Any, Any], *, n_aug: int, include_flip: bool, pad: int, seed: int) -> None:
+    """Fill aug_params [N, V, 3] int16 with (dx, dy, flip): plain, flip, then seeded random views."""
+    arr[:, 0] = (pad, pad, 0)
+    if include_flip:
+        arr[:, 1] = (pad, pad, 1)
+    if n_aug == 0:
+        return
+    from richkd.data.augment import sample_crop_flip
+
+    first = 2 if include_flip else 1
+    n = arr.shape[0]
+    for block, start in enumerate(range(0, n, PARAM_BLOCK)):
+        rows = min(PARAM_BLOCK, n - start)
+        p = sample_crop_flip(rows * n_aug, pad=pad, generator=_block_generator(seed, block), device="cpu")
+        stacked = torch.stack([p.dx.long(), p.dy.long(), p.flip.long()], dim=-1)  # [rows * n_aug, 3]
+        arr[start : start + rows, first:] = stacked.view(rows, n_aug, 3).numpy().astype(np.int16)
+
+
+def _meta_key(meta: CacheMeta) -> dict[str, Any]:
+    """The fields that define a cache's content (not when or by which version it was made)."""
+    d = dataclasses.asdict(meta)
+    for k in ("created", "richkd_version"):
+        d.pop(k)
+    as_read: dict[str, Any] = json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
+    return as_read
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(obj if isinstance(obj, str) else json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_existing(out: Path, expected: CacheMeta) -> int:
+    """Rows already done in `out` for this recipe (0 when fresh); n_rows if complete; raise on a mismatch."""
+    if (out / META_FILE).is_file():
+        done = CacheMeta.from_json((out / META_FILE).read_text())
+        if _meta_key(done) != _meta_key(expected):
+            raise RichKDError(
+                f"{out} already holds a target cache built differently: delete it or choose another --out"
+            )
+        return expected.n_rows
+    if (out / PROGRESS_FILE).is_file():
+        state = json.loads((out / PROGRESS_FILE).read_text())
+        if state.get("meta") != _meta_key(expected):
+            raise RichKDError(
+                f"{out} holds an unfinished build of a different recipe (teacher, prompts, views or data): "
+                "rerun that command to finish it, or delete the folder"
+            )
+        if all((out / name).is_file() for name in ARRAY_FILES):
+            return int(state["rows_done"])
+    elif out.exists() and any(p.name not in ARRAY_FILES for p in out.iterdir()):
+        # only our own arrays (a build stopped before its first checkpoint) may be overwritten
+        raise RichKDError(f"{out} exists and is not a target cache: choose another --out")
+    return -1  # fresh build
+
+
+def _open_arrays(out: Path, meta: CacheMeta, fresh: bool) -> dict[str, np.memmap[Any, Any]]:
+    n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
+    shapes = {"cosines.npy": (n, v, c), "image_emb.npy": (n, v, e), "aug_params.npy": (n, v, 3)}
+    mode = "w+" if fresh else "r+"
+    return {
+        name: np.lib.format.open_memmap(out / name, mode=mode, dtype=ARRAY_FILES[name][0],
+                                        shape=shape if fresh else None)
+        for name, shape in shapes.items()
+    }
+
+
+def _checkpoint(out: Path, arrays: dict[str, np.memmap[Any, Any]], meta: CacheMeta, rows_done: int) -> None:
+    """Data first, then the progress record: a crash in between only redoes rows, never skips them."""
+    for arr in arrays.values():
+        arr.flush()
+    _write_json_atomic(out / PROGRESS_FILE, {"meta": _meta_key(meta), "rows_done": rows_done})
+
+
+def _encode_batch(
+    vlm: VisionLanguageTeacher, images_u8: Tensor, params: Tensor, pad: int, class_emb: Tensor, bf16: bool
+) -> tuple[Tensor, Tensor]:
+    """uint8 [B, 3, H, W] x params [B, V, 3] -> cosines [B, V, C], image_emb [B, V, E] (float32, CPU)."""
+    from richkd.data.augment import CropFlip, apply_crop_flip
+
+    b, v = params.shape[:2]
+    flat = params.reshape(b * v, 3).to(images_u8.device)
+    views = images_u8.repeat_interleave(v, dim=0)  # [B*V, 3, H, W], row-major over (row, view)
+    views = apply_crop_flip(views, CropFlip(dx=flat[:, 0], dy=flat[:, 1], flip=flat[:, 2].bool()), pad=pad)
+    x = views.float() / 255.0
+    device_type = images_u8.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16 and device_type in ("cpu", "cuda")):
+        emb = vlm.encode_images(x)
+    emb = torch.nn.functional.normalize(emb.float(), dim=-1)  # [B*V, E]
+    cos = emb @ class_emb.t()  # [B*V, C]
+    return cos.view(b, v, -1).cpu(), emb.view(b, v, -1).cpu()
+
+
+def build_target_cache(
+    vlm: VisionLanguageTeacher,
+    dataset: ArrayDataset,
+    out: str | Path,
+    *,
+    templates: Sequence[str],
+    clean_names: bool = True,
+    n_aug_views: int = 0,
+    include_flip: bool = True,
+    batch_size: int = 256,
+    seed: int = 0,
+    bf16: bool = True,
+    device: torch.device | str = "cpu",
+    pad: int = 4,
+    progress: bool = True,
+    checkpoint_seconds: float = 30.0,
+) -> Path:
+    """Compute cosines and image embeddings of every row of `dataset` for each view into `out`; return `out`.
+
+    `batch_size` counts dataset rows (each row is encoded once per view). Every `checkpoint_seconds` (0: every
+    batch) the memory maps are flushed and progress.json advanced; an interrupted build resumes from there.
+    """
+    import richkd
+
+    out, device = Path(out), torch.device(device)
+    templates = check_templates(templates)
+    if n_aug_views < 0 or batch_size < 1:
+        raise RichKDError("--views must be >= 0 and --batch-size >= 1")
+    names = view_names(n_aug_views, include_flip)
+    class_emb = class_embeddings(vlm, dataset.classes, templates, clean_names=clean_names).to(device)  # [C, E]
+    expected = CacheMeta(
+        dataset=dataset.name, split=dataset.split, n_rows=len(dataset), class_names=tuple(dataset.classes),
+        n_views=len(names), view_names=names, model_id=vlm.model_id, model_kind=vlm.kind, model_label=vlm.label,
+        weights_sha256=vlm.fingerprint(), templates=templates, templates_sha256=templates_sha256(templates),
+        clean_names=clean_names, embed_dim=int(class_emb.shape[1]), image_size=vlm.image_spec.size, pad=pad,
+        seed=seed, richkd_version=richkd.__version__,
+    )
+    rows_done = _check_existing(out, expected)
+    if rows_done == expected.n_rows:
+        log.info("%s is already complete for this recipe", out)
+        return out
+    fresh = rows_done < 0
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = _open_arrays(out, expected, fresh)
+    if fresh:
+        _write_aug_params(arrays["aug_params.npy"], n_aug=n_aug_views, include_flip=include_flip, pad=pad, seed=seed)
+        arrays["aug_params.npy"].flush()
+        rows_done = 0
+        _write_json_atomic(out / PROGRESS_FILE, {"meta": _meta_key(expected), "rows_done": 0})
+    np.save(out / "class_emb.npy", class_emb.float().cpu().numpy())
+    n = expected.n_rows
+    log.info("building %s: %d rows x %d views with %s", out, n, len(names), vlm.label)
+    last_checkpoint = time.monotonic()
+    with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
+                                      desc="target cache") as bar:
+        for start in range(rows_done, n, batch_size):
+            end = min(start + batch_size, n)
+            params = torch.from_numpy(np.array(arrays["aug_params.npy"][start:end])).long()  # [b, V, 3]
+            images = dataset.images[start:end].to(device, non_blocking=True)
+            cos, emb = _encode_batch(vlm, images, params, pad, class_emb, bf16)
+            arrays["cosines.npy"][start:end] = cos.numpy()
+            arrays["image_emb.npy"][start:end] = emb.numpy().astype(np.float16)
+            bar.update(end - start)
+            if time.monotonic() - last_checkpoint >= checkpoint_seconds or end == n:
+                _checkpoint(out, arrays, expected, end)
+                last_checkpoint = time.monotonic()
+    del arrays
+    meta = dataclasses.replace(expected, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _write_json_atomic(out / META_FILE, meta.to_json())
+    (out / PROGRESS_FILE).unlink()
+    return out

@@ -1,0 +1,290 @@
+"""On-disk cache of vision-language targets, served by (row, view) (METHOD.md §6, ARCHITECTURE.md 6.2).
+
+A cache is a directory:
+
+- ``meta.json``       provenance (:class:`CacheMeta`); written last, so a directory without it is an
+                      incomplete build and is refused.
+- ``cosines.npy``     float32 ``[N, V, C]`` unscaled image-class cosines (the logit scale is a fusion setting).
+- ``image_emb.npy``   float16 ``[N, V, E]`` L2-normalised image embeddings.
+- ``aug_params.npy``  int16 ``[N, V, 3]`` the (dx, dy, flip) crop/flip of each view; plain = (pad, pad, 0).
+- ``class_emb.npy``   float32 ``[C, E]`` the prompt-ensembled class embeddings.
+
+All arrays are plain ``.npy`` files, memory-mapped on open, so a 1.28 M-row cache costs no RAM until used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from richkd.errors import RichKDError
+from richkd.targets import ClipTargets
+
+if TYPE_CHECKING:
+    from richkd.data.augment import CropFlip
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"
+MODEL_KINDS = ("clip", "surrogate", "random")
+# file name -> (dtype, rank) of the arrays a cache holds
+ARRAY_FILES: dict[str, tuple[str, int]] = {
+    "cosines.npy": ("float32", 3),
+    "image_emb.npy": ("float16", 3),
+    "aug_params.npy": ("int16", 3),
+    "class_emb.npy": ("float32", 2),
+}
+
+
+def _rebuild_hint(path: Path) -> str:
+    return f"rebuild it with `richkd vlm cache ... --out {path}`"
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """Provenance of a target cache; a run is refused unless dataset, split, rows and class order match."""
+
+    dataset: str
+    split: str
+    n_rows: int
+    class_names: tuple[str, ...]
+    n_views: int
+    view_names: tuple[str, ...]  # e.g. ("plain", "flip", "aug0", ...)
+    model_id: str
+    model_kind: str  # one of MODEL_KINDS
+    model_label: str  # human label; surrogate and random models say so
+    weights_sha256: str
+    templates: tuple[str, ...]
+    templates_sha256: str
+    clean_names: bool
+    embed_dim: int
+    image_size: int
+    pad: int = 4  # crop padding the aug params refer to (dx, dy in [0, 2 * pad])
+    seed: int = 0  # seed of the augmented views' parameters
+    feature_dtype: str = "float16"
+    created: str = ""
+    richkd_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.model_kind not in MODEL_KINDS:
+            raise RichKDError(f"cache model_kind {self.model_kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        if len(self.view_names) != self.n_views:
+            raise RichKDError(f"cache meta lists {len(self.view_names)} view names for {self.n_views} views")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> CacheMeta:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RichKDError(f"cache meta.json is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise RichKDError("cache meta.json does not hold a JSON object")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RichKDError(
+                f"cache format version {version!r} is not supported (this richkd reads {FORMAT_VERSION})"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - raw.keys())
+        unknown = sorted(raw.keys() - fields)
+        if missing or unknown:
+            raise RichKDError(f"cache meta.json is corrupt: missing keys {missing}, unknown keys {unknown}")
+        for key in ("class_names", "view_names", "templates"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+
+def _as_numpy(x: Tensor | np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def check_shapes(meta: CacheMeta, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise RichKDError unless the array shapes agree with `meta` (file name -> shape)."""
+    n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
+    want = {
+        "cosines.npy": (n, v, c),
+        "image_emb.npy": (n, v, e),
+        "aug_params.npy": (n, v, 3),
+        "class_emb.npy": (c, e),
+    }
+    for name, shape in want.items():
+        if tuple(shapes[name]) != shape:
+            raise RichKDError(f"cache array {name} has shape {tuple(shapes[name])}, meta.json says {shape}")
+
+
+def write_target_cache(
+    path: str | Path,
+    *,
+    cosines: Tensor | np.ndarray[Any, Any],
+    image_emb: Tensor | np.ndarray[Any, Any],
+    aug_params: Tensor | np.ndarray[Any, Any],
+    class_emb: Tensor | np.ndarray[Any, Any],
+    meta: CacheMeta,
+) -> None:
+    """Write a complete cache in one go (small caches, tests); atomic: a temp dir renamed into place."""
+    path = Path(path)
+    arrays = {
+        "cosines.npy": _as_numpy(cosines, "float32"),
+        "image_emb.npy": _as_numpy(image_emb, "float16"),
+        "aug_params.npy": _as_numpy(aug_params, "int16"),
+        "class_emb.npy": _as_numpy(class_emb, "float32"),
+    }
+    check_shapes(meta, {k: a.shape for k, a in arrays.items()})
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, arr in arrays.items():
+        np.save(tmp / name, arr)
+    (tmp / META_FILE).write_text(meta.to_json())
+    old = path.with_name(f"{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def read_meta(path: str | Path) -> CacheMeta:
+    """Read `path/meta.json`; RichKDError if absent (incl. an unfinished build) or corrupt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RichKDError(f"target cache {path} does not exist: build it with `richkd vlm cache --out {path}`")
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        if (path / PROGRESS_FILE).is_file():
+            raise RichKDError(
+                f"target cache {path} is an unfinished build: rerun the same `richkd vlm cache` command to resume it"
+            )
+        raise RichKDError(f"target cache {path} has no {META_FILE}: it is not a target cache; {_rebuild_hint(path)}")
+    return CacheMeta.from_json(meta_file.read_text())
+
+
+class TargetCache:
+    """Vision-language targets precomputed once and served by (dataset row, view).
+
+    `lookup` gathers on whatever device the arrays live on: after `to_device(d)` all arrays are tensors on `d`
+    (one indexing op, no Python loop); before it, rows are gathered from the memory-mapped files (caches too
+    large for device memory, e.g. ImageNet) and moved to the indices' device.
+    """
+
+    def __init__(self, path: Path, meta: CacheMeta, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        self.path = path
+        self.meta = meta
+        self._np = arrays
+        self._cosines: Tensor | None = None  # [N, V, C] float32 on the device, after to_device
+        self._image_emb: Tensor | None = None  # [N, V, E]
+        self._aug: Tensor | None = None  # [N, V, 3] int64
+
+    @classmethod
+    def open(cls, path: str | Path) -> TargetCache:
+        path = Path(path)
+        meta = read_meta(path)
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name, (dtype, rank) in ARRAY_FILES.items():
+            f = path / name
+            if not f.is_file():
+                raise RichKDError(f"target cache {path} is incomplete: {name} is missing; {_rebuild_hint(path)}")
+            try:
+                arr = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise RichKDError(f"target cache {path}: {name} is corrupt ({exc}); {_rebuild_hint(path)}") from None
+            if arr.dtype != np.dtype(dtype) or arr.ndim != rank:
+                raise RichKDError(
+                    f"target cache {path}: {name} is {arr.dtype} rank {arr.ndim}, expected {dtype} rank {rank}; "
+                    + _rebuild_hint(path)
+                )
+            arrays[name] = arr
+        check_shapes(meta, {k: a.shape for k, a in arrays.items()})
+        return cls(path, meta, arrays)
+
+    @property
+    def n_views(self) -> int:
+        return self.meta.n_views
+
+    @property
+    def class_emb(self) -> Tensor:
+        """[C, E] float32 prompt-ensembled class embeddings (CPU)."""
+        return torch.from_numpy(np.array(self._np["class_emb.npy"]))
+
+    def all_cosines(self, view: int | None = None) -> Tensor:
+        """Every row's cosines as a CPU float32 tensor: [N, C] for one view, [N, V, C] for all (view=None)."""
+        arr = self._np["cosines.npy"]
+        return torch.from_numpy(np.array(arr if view is None else arr[:, view]))
+
+    def validate(self, *, dataset: str, split: str, n_rows: int, class_names: Sequence[str]) -> None:
+        """Refuse to serve a run whose data differ from what the cache was built for."""
+        m = self.meta
+        built = f"{m.dataset}/{m.split} ({m.n_rows} rows)"
+        used = f"{dataset}/{split} ({n_rows} rows)"
+        fix = _rebuild_hint(self.path)
+        if (m.dataset, m.split, m.n_rows) != (dataset, split, n_rows):
+            raise RichKDError(f"target cache {self.path} was built for {built} but the run uses {used}: {fix}")
+        names = tuple(class_names)
+        if names != m.class_names:
+            if sorted(names) == sorted(m.class_names):
+                first = next(i for i, (a, b) in enumerate(zip(names, m.class_names, strict=True)) if a != b)
+                what = f"class order differs (class {first}: cache {m.class_names[first]!r}, run {names[first]!r})"
+            else:
+                what = f"class names differ ({len(m.class_names)} in the cache, {len(names)} in the run)"
+            raise RichKDError(f"target cache {self.path} does not match {used}: {what}; {fix}")
+
+    def to_device(self, device: torch.device | str) -> None:
+        """Load every array onto `device` as tensors (embeddings as float32, re-normalised after fp16 storage)."""
+        device = torch.device(device)
+        self._cosines = torch.from_numpy(np.array(self._np["cosines.npy"])).to(device)
+        emb = torch.from_numpy(np.array(self._np["image_emb.npy"])).to(device).float()
+        self._image_emb = torch.nn.functional.normalize(emb, dim=-1)
+        self._aug = torch.from_numpy(np.array(self._np["aug_params.npy"])).to(device).long()
+
+    def _gather_np(self, name: str, indices: Tensor, views: Tensor) -> Tensor:
+        rows = indices.detach().cpu().numpy()
+        cols = views.detach().cpu().numpy()
+        return torch.from_numpy(np.asarray(self._np[name][rows, cols])).to(indices.device)
+
+    def lookup(self, indices: Tensor, views: Tensor) -> ClipTargets:
+        """Targets of rows `indices` [B] at views `views` [B] (both int64)."""
+        if self._cosines is not None and self._image_emb is not None:
+            return ClipTargets(cosines=self._cosines[indices, views], image_emb=self._image_emb[indices, views])
+        cosines = self._gather_np("cosines.npy", indices, views)  # [B, C]
+        emb = self._gather_np("image_emb.npy", indices, views).float()  # [B, E]
+        return ClipTargets(cosines=cosines, image_emb=torch.nn.functional.normalize(emb, dim=-1))
+
+    def aug_params(self, indices: Tensor, views: Tensor) -> CropFlip:
+        """The crop/flip each served view was made with, so the student can be shown the same one."""
+        from richkd.data.augment import CropFlip
+
+        params = self._aug[indices, views] if self._aug is not None else self._gather_np(
+            "aug_params.npy", indices, views
+        ).long()  # [B, 3]
+        return CropFlip(dx=params[:, 0], dy=params[:, 1], flip=params[:, 2].bool())
+
+    def __repr__(self) -> str:
+        m = self.meta
+        return (
+            f"TargetCache({self.path}, {m.dataset}/{m.split}, rows={m.n_rows}, views={m.n_views}, "
+            f"classes={m.n_classes}, model={m.model_label})"
+        )
