@@ -17,6 +17,7 @@ from richkd.data import load_dataset
 from richkd.teachers.target_cache import CacheMeta, write_target_cache
 
 pytestmark = pytest.mark.shared_data
+CACHE_HOME = Path(os.environ.get("PYTEST_RICHKD_CACHE", "/tmp/richkd-test-cache"))  # keeps tests out of ~/.cache
 
 COMMON = [
     "train.batch_size=32",
@@ -30,7 +31,7 @@ COMMON = [
 
 
 def richkd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RICHKD_CACHE": str(CACHE_HOME)}
     proc = subprocess.run(
         [sys.executable, "-m", "richkd", *args],
         capture_output=True,
@@ -63,9 +64,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> dict[s
     return {"base": base, "archive": tiny_cifar10, "teacher": base / "teacher", "cache": cache}
 
 
-def make_cache(
-    path: Path, dataset: str, split: str, n_rows: int, classes: list[str], n_views: int = 1
-) -> None:
+def make_cache(path: Path, dataset: str, split: str, n_rows: int, classes: list[str], n_views: int = 1) -> None:
     """A small cache with random (but fixed) contents, in the real on-disk format."""
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(n_rows, n_views, 16)).astype(np.float32)
@@ -241,10 +240,51 @@ def test_overfits_64_samples(work: dict[str, Path]) -> None:
         "distill.method=vanilla",
         "data.augment=false",
         "data.train_limit=64",
-        "train.epochs=30",
-        "optim.lr=0.05",
+        "train.epochs=60",
+        "train.batch_size=16",
+        "optim.schedule=step",
+        "optim.milestones=[100]",
+        "optim.lr=0.1",
         "optim.weight_decay=0",
         f"out_dir={out}",
     )
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["train/top1"] >= 95.0, last
+
+
+def test_richkd_from_a_cache_built_by_the_cli_with_matched_views(work: dict[str, Path]) -> None:
+    """`richkd vlm cache` on the real images, then RichKD-L+F serving each student crop its cached view."""
+    cache = work["base"] / "cli_cache"
+    richkd(
+        "vlm",
+        "cache",
+        "--dataset",
+        "imagefolder",
+        "--root",
+        str(work["archive"]),
+        "--split",
+        "train",
+        "--teacher",
+        "random:1",
+        "--views",
+        "2",
+        "--out",
+        str(cache),
+        "--threads",
+        "1",
+        "--batch-size",
+        "64",
+    )
+    out = work["base"] / "matched"
+    richkd("train", *distil_args(work, out, f"vlm.cache={cache}", "vlm.view_mode=matched", "train.epochs=1"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["target_cache"]["model_kind"] == "random"
+    assert run["target_cache"]["view_names"] == ["plain", "flip", "aug0", "aug1"]
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["train/loss_feat"] > 0 and record["train/loss_kd"] > 0
+    bad_pad = richkd(
+        "train",
+        *distil_args(work, work["base"] / "badpad", f"vlm.cache={cache}", "vlm.view_mode=matched", "data.pad=2"),
+        check=False,
+    )
+    _fails_cleanly(bad_pad, work["base"] / "badpad", "pad")
