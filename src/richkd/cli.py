@@ -105,6 +105,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from richkd.report import load_summaries, render_table
+
+    print(render_table(load_summaries([Path(p) for p in args.runs])), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="richkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)
+    report = sub.add_parser("report", help="Markdown table of finished runs (mean ± std over seeds)")
+    report.add_argument("runs", nargs="+", help="run directories; NAME_s<seed> directories are grouped")
+    report.set_defaults(func=cmd_report)
     try:
         from richkd.cli_vlm import add_vlm_parser
     except ImportError:  # the vision-language commands are optional until their module exists
