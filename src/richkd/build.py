@@ -18,8 +18,10 @@ from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfi
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
+from richkd.engine import dist
 from richkd.engine.batches import BatchMaker
 from richkd.engine.checkpoint import load_model_file
+from richkd.engine.fold import fold_batchnorm
 from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
@@ -60,17 +62,19 @@ def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device) -> nn.Module:
     assert cfg.model.teacher is not None and cfg.model.teacher_checkpoint is not None
-    teacher = create_model(cfg.model.teacher, len(classes))
+    model = create_model(cfg.model.teacher, len(classes))
     load_model_file(
         Path(cfg.model.teacher_checkpoint),
-        teacher,
+        model,
         arch=cfg.model.teacher,
         num_classes=len(classes),
         classes=classes,
     )
-    teacher = teacher.to(device)
+    teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
     if cfg.train.channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if cfg.train.compile:  # frozen forward: compiling fuses its BatchNorm/ReLU/add into the convolutions
+        teacher = torch.compile(teacher)  # type: ignore[assignment]
     return teacher
 
 
@@ -82,6 +86,11 @@ def open_cache(cfg: RunConfig, train: ArrayDataset, device: torch.device) -> Tar
         raise RichKDError(
             f"vlm.view_mode=matched needs a cache with augmented views, but {cfg.vlm.cache} has "
             f"{cache.n_views}: rebuild it with `richkd vlm cache --views K` or use vlm.view_mode=plain"
+        )
+    if cfg.vlm.view_mode == "matched" and cache.meta.pad != cfg.data.pad:
+        raise RichKDError(
+            f"target cache {cfg.vlm.cache} crops with pad {cache.meta.pad} but data.pad is {cfg.data.pad}: "
+            f"set data.pad={cache.meta.pad} or rebuild the cache"
         )
     cache.to_device(device)
     return cache
@@ -168,8 +177,10 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
     test, _ = subset(test, cfg.data.test_limit)
     targets, teacher, cache = build_targets(cfg, full_train, row_map, device)
     student = create_model(cfg.model.student, len(train.classes)).to(device)
+    if cfg.train.sync_bn:
+        dist.convert_sync_bn(student, device)  # in place; a no-op with one process
     if cfg.train.channels_last:
-        student = student.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     clip_dim = cache.meta.embed_dim if cache is not None else None
     distiller = build_distiller(
         cfg,
@@ -189,6 +200,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         weight_decay=o.weight_decay,
         nesterov=o.nesterov,
         foreach=o.foreach,
+        fused=o.fused,
     )
     schedule = Schedule(
         epochs=cfg.train.epochs,
@@ -232,6 +244,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         eval_every=t.eval_every,
         max_steps_per_epoch=t.max_steps_per_epoch,
         stop_after=t.stop_after,
+        find_unused_parameters=leaves_parameter_unused(cfg),
     )
     provenance = {
         "richkd_version": __version__,
@@ -247,6 +260,13 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
     }
     return parts, provenance
+
+
+def leaves_parameter_unused(cfg: RunConfig) -> bool:
+    """Feature fusion with lambda = 0 or 1 never evaluates one of its projections (DDP must be told)."""
+    d = cfg.distill
+    fuses = isinstance(d, RichKDConfig) and d.feat_weight > 0 and cfg.fusion.use_vlm
+    return fuses and cfg.feature_lambda in (0.0, 1.0)
 
 
 def git_sha() -> str | None:

@@ -129,6 +129,7 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up (0 = reference)
     foreach: bool = True  # multi-tensor SGD kernel
+    fused: bool = False  # fused SGD kernel (CUDA and CPU); takes precedence over foreach
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False  # autocast to bfloat16 (CPU and CUDA)
     channels_last: bool = False
-    compile: bool = False  # torch.compile the student
+    compile: bool = False  # torch.compile the student and the frozen teacher
+    sync_bn: bool = False  # torchrun/DDP: BatchNorm over the global batch (parity with 1 process)
     threads: int | None = None  # torch intra-op threads (CPU); None = torch default
     eval_every: int = 1  # epochs
     progress: bool = True  # tqdm progress bar (auto-off when stderr is not a terminal)

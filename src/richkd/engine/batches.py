@@ -28,20 +28,43 @@ class BatchMaker:
     view_aug: AugLookup | None = None
     row_map: Tensor | None = None  # subset row -> cache row
 
-    def __call__(self, rows: Tensor, generator: torch.Generator | None) -> Batch:
+    def __call__(
+        self, rows: Tensor, generator: torch.Generator | None, *, rank: int = 0, world_size: int = 1
+    ) -> Batch:
+        """The batch of `rows`: this rank's slice of a global batch of `world_size` equal slices.
+
+        Per-sample random draws are made for the whole global batch and sliced to this rank's rows, so
+        every rank's generator stays in step with a 1-process run's and each row gets the same crop/flip.
+        """
         device = self.data.images.device
-        rows = rows.to(device)
+        n = rows.numel()
+        mine = slice(rank * n, (rank + 1) * n)
+        view_aug = self.view_aug if self.augment and self.n_views > 1 else None
+        host = [rows.cpu().long()]  # row ids, then the draws: one host->device copy per batch
+        if view_aug is not None:
+            host.append(torch.randint(0, self.n_views, (n * world_size,), generator=generator)[mine])
+        elif self.augment:
+            drawn = sample_crop_flip(n * world_size, pad=self.pad, generator=generator, device="cpu")
+            host += [drawn.dx[mine], drawn.dy[mine], drawn.flip[mine].long()]
+        moved = _to_device(torch.stack(host), device)  # [1 + draws, B] int64
+        rows = moved[0]
         images, labels = self.data.gather(rows)  # uint8 [B, 3, H, W], int64 [B]
         views = torch.zeros_like(rows)
         if self.augment:
-            if self.n_views > 1 and self.view_aug is not None:
-                views = torch.randint(0, self.n_views, (rows.numel(),), generator=generator, device="cpu").to(
-                    device
-                )
+            if view_aug is not None:
+                views = moved[1]
                 cache_rows = rows if self.row_map is None else self.row_map[rows]
-                params = self.view_aug(cache_rows, views)
+                params = view_aug(cache_rows, views)
             else:
-                params = sample_crop_flip(rows.numel(), pad=self.pad, generator=generator, device=device)
+                params = CropFlip(moved[1], moved[2], moved[3].bool())
             images = apply_crop_flip(images, params, pad=self.pad)
         x = normalize(images, self.mean, self.std, channels_last=self.channels_last)
         return Batch(images=x, labels=labels, indices=rows, views=views)
+
+
+def _to_device(host: Tensor, device: torch.device) -> Tensor:
+    """Copy a small host tensor to `device` without stalling the host on CUDA: from pinned memory with
+    non_blocking (a plain copy from pageable memory waits for the GPU to drain its queue, every step)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)

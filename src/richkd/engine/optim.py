@@ -16,9 +16,17 @@ def build_optimizer(
     weight_decay: float,
     nesterov: bool,
     foreach: bool,
+    fused: bool = False,
 ) -> torch.optim.SGD:
+    """SGD; `fused` (one kernel for all parameters) takes precedence over `foreach` (torch allows one)."""
     return torch.optim.SGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, foreach=foreach
+        params,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        foreach=False if fused else foreach,
+        fused=fused,
     )
 
 

@@ -77,6 +77,7 @@ class FitParts:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None
     stop_after: int | None = None
+    find_unused_parameters: bool = False  # DDP: some trainable parameter never enters the loss
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,38 +130,79 @@ def _steps(parts: FitParts, n_rows: int, generator: torch.Generator) -> list[Ten
     return batches
 
 
+class NonFiniteLoss(RichKDError):
+    """The loss of a step is NaN or infinite (raised before that step's update is applied)."""
+
+
+def train_step(
+    step_module: nn.Module,
+    targets: TargetSource | None,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    progress: float,
+    *,
+    bf16: bool,
+    check_finite: bool = True,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """One SGD step on `batch`: teacher targets, student + distiller, backward, update, under bf16 autocast
+    when asked. Returns (weighted terms, student logits, loss) as device tensors, without syncing the host
+    unless `check_finite` (then a non-finite loss raises before the update)."""
+    with _autocast(batch.images.device, bf16):
+        teacher = targets(batch) if targets is not None else None
+        terms, logits = step_module(batch, teacher, progress)
+        loss = torch.stack([t.float() for t in terms.values()]).sum()
+    if check_finite and not torch.isfinite(loss):
+        raise NonFiniteLoss(f"loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return terms, logits, loss
+
+
 def _train_epoch(
     parts: FitParts, step_module: nn.Module, epoch: int, generator: torch.Generator
 ) -> dict[str, float]:
     device = parts.test_data.images.device
     step_module.train()
     rows_per_epoch = _steps(parts, len(parts.train_batches.data), generator)
-    totals: dict[str, float] = {}
-    correct = seen = 0
+    # Sums stay on the device and are read once per epoch: no host sync per step on a GPU. On the CPU a
+    # sync is free, so a non-finite loss is caught before its update is applied.
+    totals: dict[str, Tensor] = {}
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    check_each_step = device.type == "cpu"
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
     bar: Iterator[Tensor] = iter(rows_per_epoch)
     if parts.progress and dist.is_main():
         bar = iter(tqdm(rows_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=None))
     for step, rows in enumerate(bar):
         progress = (epoch + 1) / parts.schedule.epochs  # mdistiller: 1-based epoch, constant within it
-        batch = parts.train_batches(rows, generator)
-        with _autocast(device, parts.bf16):
-            targets = parts.targets(batch) if parts.targets is not None else None
-            terms, logits = step_module(batch, targets, progress)
-            loss = torch.stack([t.float() for t in terms.values()]).sum()
-        if not torch.isfinite(loss):
-            raise RichKDError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}: lower optim.lr")
-        parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        parts.optimizer.step()
+        batch = parts.train_batches(rows, generator, rank=dist.rank(), world_size=dist.world_size())
+        try:
+            terms, logits, _ = train_step(
+                step_module,
+                parts.targets,
+                parts.optimizer,
+                batch,
+                progress,
+                bf16=parts.bf16,
+                check_finite=check_each_step,
+            )
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(f"{err} at epoch {epoch + 1} step {step}: lower optim.lr") from None
         b = rows.numel()
         for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + value.detach().float().item() * b
-        correct += int((logits.detach().argmax(1) == batch.labels).sum())
+            weighted = value.detach().to(acc_dtype) * b
+            totals[key] = totals[key] + weighted if key in totals else weighted
+        correct += (logits.detach().argmax(1) == batch.labels).sum()
         seen += b
-    record = {f"train/loss_{k}": v / max(1, seen) for k, v in totals.items()}
+    record = {f"train/loss_{k}": float(v) / max(1, seen) for k, v in totals.items()}
     record["train/loss"] = sum(record.values())
-    record["train/top1"] = 100.0 * correct / max(1, seen)
-    return dist.mean_over_ranks(record)
+    record["train/top1"] = 100.0 * int(correct) / max(1, seen)
+    record = dist.mean_over_ranks(record)
+    if not math.isfinite(record["train/loss"]):  # after the mean, so every rank raises together
+        raise RichKDError(f"loss became {record['train/loss']} in epoch {epoch + 1}: lower optim.lr")
+    return record
 
 
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
@@ -196,7 +238,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         start_epoch, best, wall = state["epoch"], state["best"], state["wall_s"]
         _truncate_metrics(metrics_path, start_epoch) if dist.is_main() else None
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-    step_module = dist.wrap_ddp(step_module, device)
+    step_module = dist.wrap_ddp(step_module, device, find_unused_parameters=parts.find_unused_parameters)
     last: dict[str, Any] = {}
     end_epoch = parts.schedule.epochs
     if parts.stop_after is not None:
@@ -207,6 +249,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         record.update(_train_epoch(parts, step_module, epoch, generator))
+        dist.average_buffers(parts.student)  # BN running stats: same model on every rank
         train_s = time.perf_counter() - t0
         wall += train_s
         record["time/train_s"] = train_s

@@ -1,0 +1,193 @@
+"""Shared pieces of the speed benchmarks: a synthetic CIFAR-100-sized split, a synthetic vision-language target
+cache in the real on-disk format, and the RichKD-L+F training pipeline built from the library's own parts.
+
+Pixel values and targets are random: the cost of a training step does not depend on them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from richkd.data.arrays import ArrayDataset
+from richkd.distill import RichKD, build_crd_loss
+from richkd.engine.fold import fold_batchnorm
+from richkd.engine.optim import build_optimizer
+from richkd.engine.trainer import StepModule
+from richkd.models import create_model
+from richkd.teachers.frozen import FusedTargets, OnlineTeacher
+from richkd.teachers.target_cache import CacheMeta, TargetCache, write_target_cache
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+def synthetic_split(n_rows: int, n_classes: int = 100, *, seed: int = 0, split: str = "train") -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    return ArrayDataset(
+        images=torch.randint(0, 256, (n_rows, 3, 32, 32), generator=g, dtype=torch.uint8),
+        labels=torch.randint(0, n_classes, (n_rows,), generator=g),
+        classes=tuple(f"class{i}" for i in range(n_classes)),
+        name="synthetic",
+        split=split,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        source="synthetic",
+    )
+
+
+def synthetic_cache(path: Path, ds: ArrayDataset, embed_dim: int = 768) -> TargetCache:
+    """A one-view cache of random unit embeddings (ViT-L/14 width by default), opened and validated."""
+    rng = np.random.default_rng(0)
+    n, c = len(ds), len(ds.classes)
+    emb = rng.standard_normal((n, 1, embed_dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    class_emb = rng.standard_normal((c, embed_dim), dtype=np.float32)
+    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
+    aug = np.zeros((n, 1, 3), dtype=np.int16)
+    aug[..., :2] = 4
+    meta = CacheMeta(
+        dataset=ds.name,
+        split=ds.split,
+        n_rows=n,
+        class_names=ds.classes,
+        n_views=1,
+        view_names=("plain",),
+        model_id="synthetic",
+        model_kind="random",
+        model_label="random (benchmark)",
+        weights_sha256="0" * 64,
+        templates=("a photo of a {}.",),
+        templates_sha256="0" * 64,
+        clean_names=True,
+        embed_dim=embed_dim,
+        image_size=32,
+    )
+    write_target_cache(
+        path,
+        cosines=emb @ class_emb.T,
+        image_emb=emb.astype(np.float16),
+        aug_params=aug,
+        class_emb=class_emb,
+        meta=meta,
+    )
+    cache = TargetCache.open(path)
+    cache.validate(dataset=ds.name, split=ds.split, n_rows=n, class_names=ds.classes)
+    return cache
+
+
+@dataclass
+class Pipeline:
+    """One RichKD-L+F training setup: StepModule(student, distiller), fused targets, optimizer."""
+
+    student: nn.Module
+    distiller: RichKD
+    step_module: nn.Module
+    targets: FusedTargets
+    optimizer: torch.optim.Optimizer
+
+
+def build_pipeline(
+    *,
+    teacher: nn.Module,
+    student: nn.Module,
+    ds: ArrayDataset,
+    cache: TargetCache,
+    device: torch.device,
+    channels_last: bool,
+    nce_k: int = 16384,
+    foreach: bool = True,
+    fused: bool = False,
+    compile: bool = False,
+    fold_teacher: bool = True,
+) -> Pipeline:
+    """RichKD-L+F with the reference hyper-parameters (w_ce 1, w_kd 3, w_feat 0.8, T 3, alpha = lambda 0.7, K),
+    set up as `richkd train` (build.py) sets it up for the same switches.
+
+    `teacher` and `student` are deep-copied, so two pipelines built from the same modules start equal.
+    `fold_teacher`: fold the frozen teacher's BatchNorm into its convolutions, as build.py does.
+    """
+    teacher = copy.deepcopy(teacher).to(device)
+    if fold_teacher:
+        teacher = fold_batchnorm(teacher)
+    student = copy.deepcopy(student).to(device)
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    crd = build_crd_loss(
+        student_dim=int(student.feature_dim),
+        teacher_dim=int(teacher.feature_dim),
+        clip_dim=cache.meta.embed_dim,
+        feature_lambda=0.7,
+        embed_dim=128,
+        n_data=len(ds),
+        labels=ds.labels,
+        nce_k=nce_k,
+        nce_t=0.07,
+        momentum=0.5,
+    )
+    distiller = RichKD(ce_weight=1.0, kd_weight=3.0, feat_weight=0.8, temperature=3.0, crd=crd).to(device)
+    if compile:
+        teacher = torch.compile(teacher)  # type: ignore[assignment]
+        student = torch.compile(student)  # type: ignore[assignment]
+    targets = FusedTargets(
+        OnlineTeacher(teacher), cache, logit_alpha=0.7, vlm_logit_scale=1.0, use_vlm=True, row_map=None
+    )
+    params = [p for p in list(student.parameters()) + list(distiller.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(
+        params, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=False, foreach=foreach, fused=fused
+    )
+    return Pipeline(student, distiller, StepModule(student, distiller), targets, optimizer)
+
+
+def make_models(teacher_arch: str, student_arch: str, n_classes: int, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
+    return create_model(teacher_arch, n_classes), create_model(student_arch, n_classes)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def environment() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git_sha": sha.stdout.strip() or None,
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def write_json(path: str | None, record: dict[str, Any]) -> None:
+    text = json.dumps(record, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
