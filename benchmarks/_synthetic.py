@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +27,7 @@ from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import StepModule
 from richkd.models import create_model
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher
-from richkd.teachers.target_cache import CacheMeta, TargetCache, write_target_cache
+from richkd.teachers.target_cache import TargetCache, write_random_cache
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -50,41 +49,17 @@ def synthetic_split(n_rows: int, n_classes: int = 100, *, seed: int = 0, split: 
 
 def synthetic_cache(path: Path, ds: ArrayDataset, embed_dim: int = 768) -> TargetCache:
     """A one-view cache of random unit embeddings (ViT-L/14 width by default), opened and validated."""
-    rng = np.random.default_rng(0)
-    n, c = len(ds), len(ds.classes)
-    emb = rng.standard_normal((n, 1, embed_dim), dtype=np.float32)
-    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-    class_emb = rng.standard_normal((c, embed_dim), dtype=np.float32)
-    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
-    aug = np.zeros((n, 1, 3), dtype=np.int16)
-    aug[..., :2] = 4
-    meta = CacheMeta(
+    write_random_cache(
+        path,
         dataset=ds.name,
         split=ds.split,
-        n_rows=n,
+        n_rows=len(ds),
         class_names=ds.classes,
-        n_views=1,
-        view_names=("plain",),
-        model_id="synthetic",
-        model_kind="random",
-        model_label="random (benchmark)",
-        weights_sha256="0" * 64,
-        templates=("a photo of a {}.",),
-        templates_sha256="0" * 64,
-        clean_names=True,
         embed_dim=embed_dim,
-        image_size=32,
-    )
-    write_target_cache(
-        path,
-        cosines=emb @ class_emb.T,
-        image_emb=emb.astype(np.float16),
-        aug_params=aug,
-        class_emb=class_emb,
-        meta=meta,
+        label="random (benchmark) — not CLIP",
     )
     cache = TargetCache.open(path)
-    cache.validate(dataset=ds.name, split=ds.split, n_rows=n, class_names=ds.classes)
+    cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
     return cache
 
 

@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from richkd.data import load_dataset
-from richkd.teachers.target_cache import CacheMeta, write_target_cache
+from richkd.teachers.target_cache import write_random_cache
 
 pytestmark = pytest.mark.shared_data
 CACHE_HOME = Path(os.environ.get("PYTEST_RICHKD_CACHE", "/tmp/richkd-test-cache"))  # keeps tests out of ~/.cache
@@ -64,41 +63,8 @@ def work(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> dict[s
     return {"base": base, "archive": tiny_cifar10, "teacher": base / "teacher", "cache": cache}
 
 
-def make_cache(path: Path, dataset: str, split: str, n_rows: int, classes: list[str], n_views: int = 1) -> None:
-    """A small cache with random (but fixed) contents, in the real on-disk format."""
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(n_rows, n_views, 16)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-    class_emb = rng.normal(size=(len(classes), 16)).astype(np.float32)
-    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
-    cosines = emb @ class_emb.T
-    aug = np.zeros((n_rows, n_views, 3), dtype=np.int16)
-    aug[..., :2] = 4
-    meta = CacheMeta(
-        dataset=dataset,
-        split=split,
-        n_rows=n_rows,
-        class_names=tuple(classes),
-        n_views=n_views,
-        view_names=("plain", *(f"aug{i}" for i in range(n_views - 1))),
-        model_id="test-random",
-        model_kind="random",
-        model_label="random (test only)",
-        weights_sha256="0" * 64,
-        templates=("a photo of a {}.",),
-        templates_sha256="0" * 64,
-        clean_names=True,
-        embed_dim=16,
-        image_size=32,
-    )
-    write_target_cache(
-        path,
-        cosines=cosines,
-        image_emb=emb.astype(np.float16),
-        aug_params=aug,
-        class_emb=class_emb,
-        meta=meta,
-    )
+def make_cache(path: Path, dataset: str, split: str, n_rows: int, classes: list[str]) -> None:
+    write_random_cache(path, dataset=dataset, split=split, n_rows=n_rows, class_names=classes)
 
 
 def distil_args(work: dict[str, Path], out: Path, *extra: str) -> list[str]:

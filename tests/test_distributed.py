@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -28,7 +27,7 @@ from richkd.distill.crd import ContrastMemory
 from richkd.engine import dist
 from richkd.engine.checkpoint import save_model
 from richkd.models import create_model
-from richkd.teachers.target_cache import CacheMeta, write_target_cache
+from richkd.teachers.target_cache import write_random_cache
 
 # Tolerances (docs/speed.md). Measured on this config, 2 processes with train.sync_bn vs 1 process: largest
 # relative difference 2e-6 after epoch 1 (2 steps) and 1.4e-4 by epoch 3, the size of float32 round-off
@@ -41,38 +40,7 @@ ACCURACIES = {"train/top1": 100 / 64, "test/top1": 100 / 80}  # at most one samp
 
 
 def _write_cache(path: Path, dataset: str, split: str, n_rows: int, classes: list[str]) -> None:
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(n_rows, 1, 16)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-    class_emb = rng.normal(size=(len(classes), 16)).astype(np.float32)
-    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
-    aug = np.zeros((n_rows, 1, 3), dtype=np.int16)
-    aug[..., :2] = 4
-    meta = CacheMeta(
-        dataset=dataset,
-        split=split,
-        n_rows=n_rows,
-        class_names=tuple(classes),
-        n_views=1,
-        view_names=("plain",),
-        model_id="test-random",
-        model_kind="random",
-        model_label="random (test only)",
-        weights_sha256="0" * 64,
-        templates=("a photo of a {}.",),
-        templates_sha256="0" * 64,
-        clean_names=True,
-        embed_dim=16,
-        image_size=32,
-    )
-    write_target_cache(
-        path,
-        cosines=emb @ class_emb.T,
-        image_emb=emb.astype(np.float16),
-        aug_params=aug,
-        class_emb=class_emb,
-        meta=meta,
-    )
+    write_random_cache(path, dataset=dataset, split=split, n_rows=n_rows, class_names=classes)
 
 
 @pytest.fixture(scope="module")

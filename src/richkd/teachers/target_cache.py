@@ -102,9 +102,7 @@ class CacheMeta:
             raise RichKDError("cache meta.json does not hold a JSON object")
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
-            raise RichKDError(
-                f"cache format version {version!r} is not supported (this richkd reads {FORMAT_VERSION})"
-            )
+            raise RichKDError(f"cache format version {version!r} is not supported (this richkd reads {FORMAT_VERSION})")
         fields = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(fields - raw.keys())
         unknown = sorted(raw.keys() - fields)
@@ -277,9 +275,11 @@ class TargetCache:
         """The crop/flip each served view was made with, so the student can be shown the same one."""
         from richkd.data.augment import CropFlip
 
-        params = self._aug[indices, views] if self._aug is not None else self._gather_np(
-            "aug_params.npy", indices, views
-        ).long()  # [B, 3]
+        params = (
+            self._aug[indices, views]
+            if self._aug is not None
+            else self._gather_np("aug_params.npy", indices, views).long()
+        )  # [B, 3]
         return CropFlip(dx=params[:, 0], dy=params[:, 1], flip=params[:, 2].bool())
 
     def __repr__(self) -> str:
@@ -288,3 +288,51 @@ class TargetCache:
             f"TargetCache({self.path}, {m.dataset}/{m.split}, rows={m.n_rows}, views={m.n_views}, "
             f"classes={m.n_classes}, model={m.model_label})"
         )
+
+
+def write_random_cache(
+    path: str | Path,
+    *,
+    dataset: str,
+    split: str,
+    n_rows: int,
+    class_names: Sequence[str],
+    n_views: int = 1,
+    embed_dim: int = 16,
+    seed: int = 0,
+    label: str = "random (tests and benchmarks only) — not CLIP",
+) -> None:
+    """A cache of random unit embeddings in the real format, labelled random: for tests and speed benchmarks,
+    where the content does not matter but the shapes, dtypes and provenance checks do."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n_rows, n_views, embed_dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    class_emb = rng.standard_normal((len(class_names), embed_dim), dtype=np.float32)
+    class_emb /= np.linalg.norm(class_emb, axis=-1, keepdims=True)
+    aug = np.zeros((n_rows, n_views, 3), dtype=np.int16)
+    aug[..., :2] = 4  # every view is the plain (pad, pad, no flip) crop
+    meta = CacheMeta(
+        dataset=dataset,
+        split=split,
+        n_rows=n_rows,
+        class_names=tuple(class_names),
+        n_views=n_views,
+        view_names=("plain", *(f"aug{i}" for i in range(n_views - 1))),
+        model_id=f"random-{seed}",
+        model_kind="random",
+        model_label=label,
+        weights_sha256="0" * 64,
+        templates=("a photo of a {}.",),
+        templates_sha256="0" * 64,
+        clean_names=True,
+        embed_dim=embed_dim,
+        image_size=32,
+    )
+    write_target_cache(
+        path,
+        cosines=emb @ class_emb.T,
+        image_emb=emb.astype(np.float16),
+        aug_params=aug,
+        class_emb=class_emb,
+        meta=meta,
+    )
