@@ -38,3 +38,25 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(path: Path, what: str = "output") -> None:
+    """Raise a one-line RichKDError unless files can be created in `path` (a folder, made if missing).
+
+    Called before expensive work starts, so a read-only or misspelt output fails in a second, not after an hour.
+    """
+    from richkd.errors import RichKDError
+
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir.parent != probe_dir:
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        raise RichKDError(f"{what} {path}: {probe_dir} is a file, not a folder; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".richkd-write-test.", dir=probe_dir)
+    except OSError as err:
+        raise RichKDError(
+            f"{what} {path} is not writable ({err.strerror}); choose a writable folder"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
