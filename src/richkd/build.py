@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import platform
 import subprocess
 from pathlib import Path
@@ -17,6 +16,8 @@ from richkd import __version__
 from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfig, VanillaConfig
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
+from richkd.data.subset import stratified_rows as stratified_rows  # re-exported: the one subset definition
+from richkd.data.subset import subset
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker
@@ -30,24 +31,6 @@ from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.teachers.target_cache import TargetCache
 
 log = logging.getLogger(__name__)
-
-
-def stratified_rows(labels: Tensor, limit: int) -> Tensor:
-    """The first ceil(limit / C) rows of every class in row order, capped at `limit`: a stable, balanced subset."""
-    n_classes = int(labels.max()) + 1
-    per_class = math.ceil(limit / n_classes)
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    for c in range(n_classes):
-        keep[(labels == c).nonzero().flatten()[:per_class]] = True
-    return keep.nonzero().flatten()[:limit]
-
-
-def subset(ds: ArrayDataset, limit: int | None) -> tuple[ArrayDataset, Tensor | None]:
-    """(dataset, row_map) where row_map[i] is subset row i's row id in the full split (None = no subset)."""
-    if limit is None or limit >= len(ds):
-        return ds, None
-    rows = stratified_rows(ds.labels, limit)
-    return dataclasses.replace(ds, images=ds.images[rows].contiguous(), labels=ds.labels[rows]), rows
 
 
 def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
@@ -148,15 +131,21 @@ def build_distiller(
 
 
 def build_targets(
-    cfg: RunConfig, train: ArrayDataset, row_map: Tensor | None, device: torch.device
-) -> tuple[TargetSource | None, nn.Module | None, TargetCache | None]:
+    cfg: RunConfig, train: ArrayDataset, run_rows: Tensor | None, device: torch.device
+) -> tuple[TargetSource | None, nn.Module | None, TargetCache | None, Tensor | None]:
+    """(targets, teacher, cache, cache_row_map); `train` is the whole split, `run_rows` the subset trained on.
+
+    cache_row_map[i] is the cache row of training row i (None: the same row), so a cache of the whole split and a
+    cache built for exactly the run's subset (`richkd vlm cache --limit N`) both serve a subset run.
+    """
     if isinstance(cfg.distill, VanillaConfig):
-        return None, None, None
+        return None, None, None, None
     teacher = build_teacher(cfg, train.classes, device)
     online = OnlineTeacher(teacher)
     if not isinstance(cfg.distill, RichKDConfig):
-        return online, teacher, None
+        return online, teacher, None, None
     cache = open_cache(cfg, train, device) if cfg.fusion.use_vlm else None
+    row_map = cache.cache_rows(train.labels, run_rows) if cache is not None else None
     if row_map is not None:
         row_map = row_map.to(device)
     fused = FusedTargets(
@@ -167,7 +156,7 @@ def build_targets(
         use_vlm=cfg.fusion.use_vlm,
         row_map=row_map,
     )
-    return fused, teacher, cache
+    return fused, teacher, cache, row_map
 
 
 def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str, Any]]:
@@ -175,7 +164,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
     full_train, test = load_data(cfg)
     train, row_map = subset(full_train, cfg.data.train_limit)
     test, _ = subset(test, cfg.data.test_limit)
-    targets, teacher, cache = build_targets(cfg, full_train, row_map, device)
+    targets, teacher, cache, cache_row_map = build_targets(cfg, full_train, row_map, device)
     student = create_model(cfg.model.student, len(train.classes)).to(device)
     if cfg.train.sync_bn:
         dist.convert_sync_bn(student, device)  # in place; a no-op with one process
@@ -220,7 +209,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         channels_last=cfg.train.channels_last,
         n_views=cache.n_views if matched and cache else 1,
         view_aug=cache.aug_params if matched and cache else None,
-        row_map=row_map.to(device) if row_map is not None else None,
+        row_map=cache_row_map,
     )
     t = cfg.train
     parts = FitParts(

@@ -6,8 +6,6 @@ Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.errors import RichKDError
+from richkd.engine.io import write_json_atomic
 
 if TYPE_CHECKING:
     from richkd.data.arrays import ArrayDataset
+    from richkd.data.subset import SubsetRows
     from richkd.teachers.vlm import VisionLanguageTeacher
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,8 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--root", default=None, help="dataset root (folder or archive)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     p.add_argument("--split", default=split)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N rows (smoke tests)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="a stratified subset of N rows (the first N/C per class, as data.train_limit=N)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -57,7 +57,7 @@ def add_vlm_parser(subparsers: Any) -> None:
     zs.add_argument("--logit-scale", type=float, action="append", default=None,
                     help="logit scale(s) for NLL/ECE; repeatable (default: 1 and the model's own)")
     zs.add_argument("--out", default=None, help="write the results as JSON here")
-    zs.set_defaults(func=cmd_zeroshot)
+    zs.set_defaults(func=cmd_zeroshot, interrupt_hint="nothing was written")
 
     cache = sub.add_parser("cache", help="build (or resume) a target cache of a split")
     _add_data_args(cache, "train")
@@ -66,28 +66,27 @@ def add_vlm_parser(subparsers: Any) -> None:
     cache.add_argument("--views", type=int, default=0, help="number of random crop/flip views beyond plain/flip")
     cache.add_argument("--no-flip", dest="include_flip", action="store_false", help="omit the mirrored view")
     cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
-    cache.set_defaults(func=cmd_cache)
+    cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
 
     fit = sub.add_parser("fit-scale", help="fit the logit scale minimising NLL of cached cosines (train data)")
     _add_data_args(fit, "train")
     fit.add_argument("--cache", required=True, help="target cache directory of that split")
     fit.add_argument("--all-views", action="store_true", help="fit on every cached view, not just the plain one")
     fit.add_argument("--out", default=None, help="write the result as JSON here")
-    fit.set_defaults(func=cmd_fit_scale)
+    fit.set_defaults(func=cmd_fit_scale, interrupt_hint="nothing was written")
 
 
-def _load_data(args: argparse.Namespace) -> ArrayDataset:
+def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | None]:
+    """The split (a stratified subset with --limit) and which rows it holds; checks --device first."""
     from richkd.data import load_dataset
+    from richkd.data.subset import limited
+    from richkd.engine.device import check_device
 
+    if hasattr(args, "device"):
+        check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise RichKDError("--limit must be >= 1")
-        n = min(args.limit, len(ds))
-        ds = dataclasses.replace(ds, images=ds.images[:n].contiguous(), labels=ds.labels[:n].contiguous())
-    return ds
+    return limited(load_dataset(args.dataset, args.root, args.split, download=args.download), args.limit)
 
 
 def _load_teacher(args: argparse.Namespace) -> tuple[VisionLanguageTeacher, tuple[str, ...]]:
@@ -124,7 +123,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     from richkd.teachers.prompts import SINGLE_TEMPLATE
     from richkd.teachers.zero_shot import class_embeddings, zero_shot_logits
 
-    ds = _load_data(args)
+    _check_out(args.out)
+    ds, subset = _load_data(args)
     vlm, templates = _load_teacher(args)
     scales = args.logit_scale or [1.0, vlm.logit_scale]
     t0 = time.perf_counter()
@@ -138,29 +138,43 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
             logits = zero_shot_logits(image_emb, class_emb, scale)
             rows.append({"prompts": prompts_name, "logit_scale": scale, **_metrics(logits, ds.labels)})
     result = {"teacher": vlm.label, "model_id": vlm.model_id, "dataset": ds.name, "split": ds.split,
-              "rows": len(ds), "clean_names": args.clean_names, "image_seconds": round(seconds, 2),
+              "rows": len(ds), "subset": _describe(subset), "clean_names": args.clean_names,
+              "image_seconds": round(seconds, 2),
               "images_per_second": round(len(ds) / seconds, 1), "results": rows}
-    print(f"{vlm.label} on {ds.name}/{ds.split} ({len(ds)} images)")
+    shown = "" if subset is None else f", {_describe(subset)}"
+    print(f"{vlm.label} on {ds.name}/{ds.split} ({len(ds)} images{shown})")
     print(f"{'prompts':<30} {'scale':>8} {'top-1 %':>8} {'top-5 %':>8} {'NLL':>7} {'ECE %':>7}")
     for r in rows:
         print(f"{r['prompts']:<30} {r['logit_scale']:>8.3g} {r['top1']:>8.2f} {r['top5']:>8.2f} "
               f"{r['nll']:>7.3f} {100 * r['ece']:>7.2f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(Path(args.out), result)
     return 0
 
 
+def _check_out(out: str | None) -> None:
+    from richkd.engine.io import check_writable
+
+    if out:
+        check_writable(Path(out).parent, "--out")
+
+
+def _describe(rows: SubsetRows | None) -> str | None:
+    return None if rows is None else f"stratified subset (--limit {rows.limit}) of {rows.split_rows} rows"
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
+    from richkd.engine.io import check_writable
     from richkd.teachers.cache_builder import build_target_cache
 
-    ds = _load_data(args)
+    check_writable(Path(args.out), "--out")
+    ds, rows = _load_data(args)
     vlm, templates = _load_teacher(args)
     t0 = time.perf_counter()
     out = build_target_cache(
         vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names, n_aug_views=args.views,
         include_flip=args.include_flip, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
-        device=args.device,
+        device=args.device, subset=rows,
     )
     print(f"target cache {out}: {ds.name}/{ds.split}, {len(ds)} rows, teacher {vlm.label} "
           f"({time.perf_counter() - t0:.1f} s)")
@@ -168,18 +182,28 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_scale(args: argparse.Namespace) -> int:
+    from richkd.data import load_dataset
+    from richkd.data.subset import stratified_rows
     from richkd.teachers.target_cache import TargetCache
     from richkd.teachers.zero_shot import fit_logit_scale
 
-    ds = _load_data(args)
+    _check_out(args.out)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
     cache = TargetCache.open(args.cache)
     cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
+    run_rows = stratified_rows(ds.labels, args.limit) if args.limit is not None else None
+    cache_rows = cache.cache_rows(ds.labels, run_rows)
+    labels = ds.labels if run_rows is None else ds.labels[run_rows]
     cosines = cache.all_cosines(None if args.all_views else 0)
+    if cache_rows is not None:
+        cosines = cosines[cache_rows]
+    elif cache.meta.subset_limit is not None:  # a subset cache and no --limit: every row the cache holds
+        labels = ds.labels[stratified_rows(ds.labels, cache.meta.subset_limit)]
     if args.all_views:  # [N, V, C] -> [N*V, C], each view labelled with its row's class
-        labels = ds.labels.repeat_interleave(cache.n_views)
+        labels = labels.repeat_interleave(cache.n_views)
         cosines = cosines.reshape(-1, cosines.shape[-1])
-    else:
-        labels = ds.labels
     scale = fit_logit_scale(cosines.float(), labels)
     before = _metrics(cosines.float(), labels)
     after = _metrics(scale * cosines.float(), labels)
@@ -189,6 +213,5 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     print(f"fitted logit scale {scale:.3f} (NLL {before['nll']:.3f} at scale 1 -> {after['nll']:.3f}; "
           f"ECE {100 * after['ece']:.2f} %) for {cache.meta.model_label}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(Path(args.out), result)
     return 0

@@ -6,6 +6,8 @@ This is the only module that reads YAML. Everything below `build.py` takes plain
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -26,21 +28,19 @@ class DataConfig:
     root: str | None = None  # dataset root (folder or archive); None = the dataset's default location
     download: bool = False  # fetch the official archive when missing (needs internet)
     cache_dir: str | None = None  # where decoded image-folder arrays are kept
-    train_split: str = "train"
-    test_split: str = "test"
+    train_split: str = "train"  # split names: folders of an image folder, or train/test
+    test_split: str = "test"  # evaluated after every train.eval_every epochs
     train_limit: int | None = None  # keep a stratified subset of this many training rows (reduced-scale runs)
-    test_limit: int | None = None
+    test_limit: int | None = None  # evaluate on a stratified subset of this many test rows
     augment: bool = True  # random crop (pad 4) + horizontal flip on the training set
-    pad: int = 4
+    pad: int = 4  # random-crop padding in pixels
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    student: str = "resnet8x4"
+    student: str = "resnet8x4"  # zoo name of the student (`richkd models` lists them)
     teacher: str | None = None  # zoo name of the frozen CNN teacher
-    teacher_checkpoint: str | None = (
-        None  # weights file written by `richkd train` (model_last.pt) or mdistiller
-    )
+    teacher_checkpoint: str | None = None  # weights file written by `richkd train` (model_last.pt) or mdistiller
 
 
 @dataclass(frozen=True)
@@ -61,51 +61,51 @@ class FusionConfig:
 @dataclass(frozen=True)
 class VanillaConfig:
     method: Literal["vanilla"] = "vanilla"
-    ce_weight: float = 1.0
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels
 
 
 @dataclass(frozen=True)
 class KDConfig:
     method: Literal["kd"] = "kd"
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
-    temperature: float = 4.0
+    ce_weight: float = 0.1  # mdistiller's CIFAR weights: 0.1 CE + 0.9 KD
+    kd_weight: float = 0.9  # weight of T^2 * KL(teacher || student)
+    temperature: float = 4.0  # T of the softened softmax
 
 
 @dataclass(frozen=True)
 class DKDConfig:
     method: Literal["dkd"] = "dkd"
-    ce_weight: float = 1.0
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup_epochs: float = 20.0
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels
+    alpha: float = 1.0  # weight of TCKD (target-class KD), Zhao et al. CVPR 2022
+    beta: float = 8.0  # weight of NCKD (non-target-class KD)
+    temperature: float = 4.0  # T of the softened softmax
+    warmup_epochs: float = 20.0  # DKD's loss ramps up linearly over these epochs
 
 
 @dataclass(frozen=True)
 class CRDConfig:
     method: Literal["crd"] = "crd"
-    ce_weight: float = 1.0
-    crd_weight: float = 0.8
-    kd_weight: float = 0.0
-    temperature: float = 4.0
-    embed_dim: int = 128
-    nce_k: int = 16384
-    nce_t: float = 0.07
-    momentum: float = 0.5
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels
+    crd_weight: float = 0.8  # weight of the contrastive (CRD) loss
+    kd_weight: float = 0.0  # optional KD term beside CRD (0 = CRD alone)
+    temperature: float = 4.0  # T of the softened softmax
+    embed_dim: int = 128  # width of the contrastive embedding
+    nce_k: int = 16384  # negatives per sample (from other classes)
+    nce_t: float = 0.07  # NCE temperature
+    momentum: float = 0.5  # memory-bank momentum
 
 
 @dataclass(frozen=True)
 class RichKDConfig:
     method: Literal["richkd"] = "richkd"
-    ce_weight: float = 1.0
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels
     kd_weight: float = 3.0  # w_logit; 0 = RichKD(F)
     feat_weight: float = 0.8  # w_feat; 0 = RichKD(L)
-    temperature: float = 3.0
-    embed_dim: int = 128
-    nce_k: int = 16384
-    nce_t: float = 0.07
-    momentum: float = 0.5
+    temperature: float = 3.0  # T of the softened softmax
+    embed_dim: int = 128  # width of the contrastive embedding
+    nce_k: int = 16384  # negatives per sample (from other classes)
+    nce_t: float = 0.07  # NCE temperature
+    momentum: float = 0.5  # memory-bank momentum
 
 
 DistillConfig = VanillaConfig | KDConfig | DKDConfig | CRDConfig | RichKDConfig
@@ -120,13 +120,13 @@ DISTILL_CONFIGS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: Literal["step", "cosine"] = "step"
+    lr: float = 0.05  # 0.01 for MobileNetV2/ShuffleNet students (reference recipe)
+    momentum: float = 0.9  # SGD momentum, in [0, 1)
+    weight_decay: float = 5e-4  # L2 penalty of SGD
+    nesterov: bool = False  # Nesterov momentum
+    schedule: Literal["step", "cosine"] = "step"  # step = lr * gamma after each milestone (reference)
     milestones: tuple[int, ...] = (150, 180, 210)  # epochs after which lr *= gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # lr factor at each milestone
     warmup_epochs: int = 0  # linear warm-up (0 = reference)
     foreach: bool = True  # multi-tensor SGD kernel
     fused: bool = False  # fused SGD kernel (CUDA and CPU); takes precedence over foreach
@@ -134,21 +134,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 240
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    device: str = "cpu"
+    epochs: int = 240  # reference CIFAR-100 recipe
+    batch_size: int = 64  # training batch (per process under torchrun)
+    eval_batch_size: int = 512  # batch of the per-epoch test evaluation
+    device: str = "cpu"  # cpu | cuda | cuda:N (checked before the run starts)
     bf16: bool = False  # autocast to bfloat16 (CPU and CUDA)
-    channels_last: bool = False
+    channels_last: bool = False  # NHWC memory format (faster convolutions on CPU with bf16 and on GPU)
     compile: bool = False  # torch.compile the student and the frozen teacher
     sync_bn: bool = False  # torchrun/DDP: BatchNorm over the global batch (parity with 1 process)
     threads: int | None = None  # torch intra-op threads (CPU); None = torch default
     eval_every: int = 1  # epochs
     progress: bool = True  # tqdm progress bar (auto-off when stderr is not a terminal)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests, benchmarks)
-    stop_after: int | None = (
-        None  # end this invocation after N epochs (time-boxed jobs); finish with --resume
-    )
+    stop_after: int | None = None  # end this invocation after N epochs (time-boxed jobs); finish with --resume
 
 
 @dataclass(frozen=True)
@@ -160,8 +158,8 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=VanillaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    out_dir: str = "runs/default"
+    seed: int = 0  # seeds initialisation, shuffling and augmentation
+    out_dir: str = "runs/default"  # run directory: config, checkpoints, metrics, summary
 
     def validate(self) -> None:
         """Cross-field checks; each failure is one line naming the key and the fix."""
@@ -176,7 +174,15 @@ class RunConfig:
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size must be >= 1"),
             (o.lr > 0, "optim.lr must be > 0"),
+            (0.0 <= o.momentum < 1.0, "optim.momentum must be in [0, 1)"),
             (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (o.gamma > 0, "optim.gamma must be > 0"),
+            (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+            (all(m >= 1 for m in o.milestones), "optim.milestones must be epochs >= 1"),
+            (t.threads is None or t.threads >= 1, "train.threads must be >= 1"),
+            (t.eval_every >= 1, "train.eval_every must be >= 1"),
+            (t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1"),
+            (t.stop_after is None or t.stop_after >= 1, "train.stop_after must be >= 1"),
             (self.data.pad >= 0, "data.pad must be >= 0"),
             (self.data.train_limit is None or self.data.train_limit >= 1, "data.train_limit must be >= 1"),
             (self.data.test_limit is None or self.data.test_limit >= 1, "data.test_limit must be >= 1"),
@@ -201,6 +207,10 @@ class RunConfig:
             )
         if isinstance(d, (CRDConfig, RichKDConfig)) and (d.nce_k < 1 or d.embed_dim < 1):
             raise RichKDError("invalid config: distill.nce_k and distill.embed_dim must be >= 1")
+        if isinstance(d, (CRDConfig, RichKDConfig)) and not (d.nce_t > 0 and 0.0 <= d.momentum <= 1.0):
+            raise RichKDError("invalid config: distill.nce_t must be > 0 and distill.momentum in [0, 1]")
+        if isinstance(d, DKDConfig) and d.warmup_epochs < 0:
+            raise RichKDError("invalid config: distill.warmup_epochs must be >= 0")
 
     @property
     def feature_lambda(self) -> float:
@@ -239,13 +249,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise RichKDError(f"invalid value for {key}: expected a list, got {value!r}")
         return tuple(_coerce(v, args[0], f"{key}[]") for v in value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads `5e-4` as a string
-        except ValueError:
-            pass
+    if tp is float:
+        number = _as_float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise RichKDError(f"invalid value for {key}: {value!r}; it must be a finite number")
+            return number
+    if tp is str and isinstance(value, datetime.date):
+        return value.isoformat()  # YAML reads 2026-01-01 as a date
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
@@ -253,12 +264,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise RichKDError(f"invalid value for {key}: expected {_type_name(tp)}, got {value!r}")
 
 
+def _as_float(value: Any) -> float | None:
+    """A float from an int or a numeric string (YAML 1.1 reads `5e-4` as a string); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise RichKDError(f"invalid config: {prefix.rstrip('.') or 'top level'} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
         where = prefix.rstrip(".") or "top level"
         raise RichKDError(

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from richkd.engine.proc import die_with_parent
 from richkd.errors import RichKDError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -142,12 +144,19 @@ def _iter_images(source: Path) -> Iterator[tuple[str, str, bytes]]:
             split, _, rest = rel.partition("/")
             yield split, rest, (source / rel).read_bytes()
         return
-    with tarfile.open(source, "r|*") as tf:
-        for member in tf:
-            parsed = split_member(member.name) if member.isfile() else None
-            handle = tf.extractfile(member) if parsed else None
-            if parsed and handle is not None:
-                yield parsed[0], parsed[1], handle.read()
+    try:
+        with tarfile.open(source, "r|*") as tf:
+            for member in tf:
+                parsed = split_member(member.name) if member.isfile() else None
+                handle = tf.extractfile(member) if parsed else None
+                if parsed and handle is not None:
+                    yield parsed[0], parsed[1], handle.read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RichKDError(
+            f"{source} is not a readable tar archive ({reason}): is it truncated or of another format? "
+            "Download it again, or pass the extracted folder"
+        ) from None
 
 
 def split_member(name: str) -> tuple[str, str] | None:
@@ -191,5 +200,10 @@ def _make_executor(workers: int) -> cf.Executor:
     # fork on Linux: no re-import of the caller's __main__ (spawn would re-run unguarded user scripts), and
     # children only run PIL. Elsewhere threads: Pillow drops the GIL while decoding.
     if sys.platform == "linux" and workers > 1:
-        return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        return cf.ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=die_with_parent,  # a SIGKILLed parent leaves no decode workers behind
+            initargs=(os.getpid(),),
+        )
     return cf.ThreadPoolExecutor(max(1, workers))

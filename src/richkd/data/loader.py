@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from richkd.data.arrays import ArrayDataset
+from richkd.engine.proc import die_with_parent
 
 
 def epoch_batches(
@@ -101,4 +102,9 @@ def reference_loader(
         shuffle=True,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init,
     )
+
+
+def _worker_init(worker_id: int) -> None:
+    die_with_parent()  # no orphaned workers when the training process is SIGKILLed

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
+from richkd.engine.proc import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +57,7 @@ def init_from_env(device: str) -> torch.device:
     # On GPUs NCCL carries the CUDA tensors and gloo the few CPU ones (metric means).
     backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    die_with_parent()  # a rank whose launcher was SIGKILLed must not linger holding memory or a GPU
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
     torch_dist.init_process_group(backend=backend)

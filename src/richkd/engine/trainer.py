@@ -298,7 +298,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                 },
             )
             _append_jsonl(metrics_path, record)
-        log.info(_format_record(record))
+        log.info(_format_record(record, parts.schedule.epochs))
     if end_epoch < parts.schedule.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch, parts.schedule.epochs)
         return {"stopped_at_epoch": end_epoch, "epochs": parts.schedule.epochs}
@@ -323,10 +323,9 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     return summary
 
 
-def _format_record(record: dict[str, Any]) -> str:
-    keys = ["epoch", "lr", "train/loss", "train/top1", "test/top1", "test/top5", "time/train_s"]
-    return "  ".join(
-        f"{k.split('/')[-1]}={record[k]:.4g}" if isinstance(record[k], float) else f"{k}={record[k]}"
-        for k in keys
-        if k in record
-    )
+def _format_record(record: dict[str, Any], epochs: int) -> str:
+    """`epoch 3/40  lr=0.05  train_loss=1.2  train_top1=55.1  test_top1=60.2  test_top5=95.1  train_s=21.3`."""
+    keys = ["lr", "train/loss", "train/top1", "test/top1", "test/top5", "time/train_s"]
+    fields = [f"{k.split('/')[-1] if k.startswith('time/') else k.replace('/', '_')}={record[k]:.4g}"
+              for k in keys if k in record]
+    return f"epoch {record['epoch']}/{epochs}  " + "  ".join(fields)

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from richkd.errors import RichKDError
 from richkd.teachers.prompts import check_templates, templates_sha256
-from richkd.teachers.target_cache import ARRAY_FILES, META_FILE, PROGRESS_FILE, CacheMeta
+from richkd.teachers.target_cache import ARRAY_FILES, META_FILE, PROGRESS_FILE, CacheMeta, rows_sha256
 from richkd.teachers.vlm import VisionLanguageTeacher
 from richkd.teachers.zero_shot import class_embeddings
 
 if TYPE_CHECKING:
     from richkd.data.arrays import ArrayDataset
+    from richkd.data.subset import SubsetRows
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,14 @@ def build_target_cache(
     pad: int = 4,
     progress: bool = True,
     checkpoint_seconds: float = 30.0,
+    subset: SubsetRows | None = None,
 ) -> Path:
     """Compute cosines and image embeddings of every row of `dataset` for each view into `out`; return `out`.
 
     `batch_size` counts dataset rows (each row is encoded once per view). Every `checkpoint_seconds` (0: every
     batch) the memory maps are flushed and progress.json advanced; an interrupted build resumes from there.
+    `subset` says which rows of the split `dataset` holds (`richkd.data.subset.limited`); it is recorded so a run
+    on the same stratified subset can use the cache.
     """
     import richkd
 
@@ -177,6 +181,8 @@ def build_target_cache(
         weights_sha256=vlm.fingerprint(), templates=templates, templates_sha256=templates_sha256(templates),
         clean_names=clean_names, embed_dim=int(class_emb.shape[1]), image_size=vlm.image_spec.size, pad=pad,
         seed=seed, richkd_version=richkd.__version__,
+        subset_limit=subset.limit if subset else None, split_rows=subset.split_rows if subset else None,
+        rows_sha256=rows_sha256(subset.rows) if subset else None,
     )
     rows_done = _check_existing(out, expected)
     if rows_done == expected.n_rows:

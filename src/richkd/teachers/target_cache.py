@@ -15,6 +15,7 @@ All arrays are plain ``.npy`` files, memory-mapped on open, so a 1.28 M-row cach
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from richkd.data.subset import stratified_rows
 from richkd.errors import RichKDError
 from richkd.targets import ClipTargets
 
@@ -40,6 +42,7 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
 MODEL_KINDS = ("clip", "surrogate", "random")
+OPTIONAL_META_KEYS = frozenset({"subset_limit", "split_rows", "rows_sha256"})  # absent in caches of 0.1.0
 # file name -> (dtype, rank) of the arrays a cache holds
 ARRAY_FILES: dict[str, tuple[str, int]] = {
     "cosines.npy": ("float32", 3),
@@ -74,6 +77,11 @@ class CacheMeta:
     image_size: int
     pad: int = 4  # crop padding the aug params refer to (dx, dy in [0, 2 * pad])
     seed: int = 0  # seed of the augmented views' parameters
+    # A cache may cover a stratified subset (`richkd vlm cache --limit N`, richkd.data.subset): then its rows are
+    # stratified_rows(split labels, subset_limit) of a split of split_rows rows, and rows_sha256 pins them.
+    subset_limit: int | None = None
+    split_rows: int | None = None
+    rows_sha256: str | None = None
     feature_dtype: str = "float16"
     created: str = ""
     richkd_version: str = ""
@@ -104,13 +112,28 @@ class CacheMeta:
         if version != FORMAT_VERSION:
             raise RichKDError(f"cache format version {version!r} is not supported (this richkd reads {FORMAT_VERSION})")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - raw.keys())
+        missing = sorted(fields - raw.keys() - OPTIONAL_META_KEYS)
         unknown = sorted(raw.keys() - fields)
         if missing or unknown:
             raise RichKDError(f"cache meta.json is corrupt: missing keys {missing}, unknown keys {unknown}")
         for key in ("class_names", "view_names", "templates"):
             raw[key] = tuple(raw[key])
         return cls(**raw)
+
+    @property
+    def rows_in_split(self) -> int:
+        """Rows of the whole split the cache was built from (more than n_rows for a subset cache)."""
+        return self.n_rows if self.split_rows is None else self.split_rows
+
+    def describe_rows(self) -> str:
+        if self.subset_limit is None:
+            return f"all {self.n_rows} rows"
+        return f"a stratified subset of {self.n_rows} of {self.rows_in_split} rows (--limit {self.subset_limit})"
+
+
+def rows_sha256(rows: Tensor) -> str:
+    """Fingerprint of a set of row ids (int64, in order): pins which rows a subset cache holds."""
+    return hashlib.sha256(rows.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
 
 
 def _as_numpy(x: Tensor | np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
@@ -234,12 +257,12 @@ class TargetCache:
         return torch.from_numpy(np.array(arr if view is None else arr[:, view]))
 
     def validate(self, *, dataset: str, split: str, n_rows: int, class_names: Sequence[str]) -> None:
-        """Refuse to serve a run whose data differ from what the cache was built for."""
+        """Refuse to serve a run whose data differ from what the cache was built for (`n_rows`: the whole split)."""
         m = self.meta
-        built = f"{m.dataset}/{m.split} ({m.n_rows} rows)"
+        built = f"{m.dataset}/{m.split} ({m.rows_in_split} rows)"
         used = f"{dataset}/{split} ({n_rows} rows)"
         fix = _rebuild_hint(self.path)
-        if (m.dataset, m.split, m.n_rows) != (dataset, split, n_rows):
+        if (m.dataset, m.split, m.rows_in_split) != (dataset, split, n_rows):
             raise RichKDError(f"target cache {self.path} was built for {built} but the run uses {used}: {fix}")
         names = tuple(class_names)
         if names != m.class_names:
@@ -249,6 +272,33 @@ class TargetCache:
             else:
                 what = f"class names differ ({len(m.class_names)} in the cache, {len(names)} in the run)"
             raise RichKDError(f"target cache {self.path} does not match {used}: {what}; {fix}")
+
+    def cache_rows(self, split_labels: Tensor, run_rows: Tensor | None) -> Tensor | None:
+        """The cache row of each of the run's rows (`run_rows`: full-split ids; None = the whole split).
+
+        None means the identity (the cache covers the whole split). Raises when the run uses rows that the cache
+        does not hold, e.g. a cache built with `--limit 1000` for a run with `data.train_limit=10000`.
+        """
+        m = self.meta
+        if m.subset_limit is None:
+            return run_rows
+        held = stratified_rows(split_labels, m.subset_limit)
+        if rows_sha256(held) != m.rows_sha256:
+            raise RichKDError(
+                f"target cache {self.path} holds other rows than the stratified subset of this split "
+                f"(were the images or labels changed since it was built?): {_rebuild_hint(self.path)}"
+            )
+        position = torch.full((len(split_labels),), -1, dtype=torch.int64)
+        position[held] = torch.arange(len(held))
+        wanted = run_rows.cpu() if run_rows is not None else torch.arange(len(split_labels))
+        mapped = position[wanted]
+        if bool((mapped < 0).any()):
+            limit = "" if run_rows is None else f" (a subset of {len(wanted)})"
+            raise RichKDError(
+                f"target cache {self.path} covers {m.describe_rows()} but the run trains on rows outside it"
+                f"{limit}: build the cache with the same --limit as data.train_limit, or without --limit"
+            )
+        return mapped
 
     def to_device(self, device: torch.device | str) -> None:
         """Load every array onto `device` as tensors (embeddings as float32, re-normalised after fp16 storage)."""
