@@ -8,10 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from richkd.errors import RichKDError
+
+if TYPE_CHECKING:
+    from richkd.config import RunConfig
 
 log = logging.getLogger("richkd")
 
@@ -25,27 +29,89 @@ def _setup(threads: int | None, verbose: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from richkd.build import build_fit
-    from richkd.config import config_to_dict, dump_config, load_config
-    from richkd.engine import dist
-    from richkd.engine.io import write_json_atomic, write_text_atomic
-    from richkd.engine.trainer import fit
+    from richkd.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     _setup(cfg.train.threads, verbose=True)
     run_dir = Path(cfg.out_dir)
-    has_ckpt = (run_dir / "checkpoint.pt").exists()
-    if has_ckpt and not args.resume:
-        raise RichKDError(f"{run_dir} already holds a run: pass --resume to continue it, or set out_dir=...")
+    _check_run_dir(run_dir, resume=args.resume)
+    resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
     if args.resume and (run_dir / "config.yaml").exists():
-        saved, current = config_to_dict(load_config(run_dir / "config.yaml")), config_to_dict(cfg)
-        for d in (saved, current):  # how far one invocation goes, and how fast, does not change the run
-            for key in ("stop_after", "progress", "threads"):
-                d["train"].pop(key)
-        if saved != current:
-            raise RichKDError(
-                f"--resume: the config differs from {run_dir / 'config.yaml'}; resume with that file"
-            )
+        _check_same_config(cfg, run_dir)
+    from richkd.engine.device import check_device
+
+    check_device(cfg.train.device, "train.device")
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    try:
+        return _train(cfg, run_dir, resume=args.resume)
+    except (RichKDError, KeyboardInterrupt):
+        _remove_unstarted_run(run_dir, before)
+        has_ckpt = (run_dir / "checkpoint.pt").exists()
+        args.interrupt_hint = (
+            f"continue with {resume_cmd}" if has_ckpt else "stopped before the first epoch ended: nothing was kept"
+        )
+        raise
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    """Fail before any work: output not writable, a run already there, or nothing to resume."""
+    from richkd.engine.io import check_writable
+
+    check_writable(run_dir, "out_dir")
+    has_ckpt = (run_dir / "checkpoint.pt").exists()
+    if has_ckpt and not resume:
+        raise RichKDError(f"{run_dir} already holds a run: pass --resume to continue it, or set out_dir=...")
+    if resume and not has_ckpt:
+        what = "does not exist" if not run_dir.exists() else "holds no checkpoint.pt (no epoch finished yet)"
+        raise RichKDError(f"--resume: {run_dir} {what}: check out_dir, or drop --resume to start the run")
+
+
+def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
+    from richkd.config import config_to_dict, load_config
+
+    saved, current = _flatten(config_to_dict(load_config(run_dir / "config.yaml"))), _flatten(config_to_dict(cfg))
+    # how far one invocation goes, and how fast, does not change the run
+    changed = sorted(
+        key
+        for key in saved.keys() | current.keys()
+        if saved.get(key) != current.get(key) and key not in ("train.stop_after", "train.progress", "train.threads")
+    )
+    if changed:
+        raise RichKDError(
+            f"--resume: {', '.join(changed)} differ from {run_dir / 'config.yaml'}; resume with that file"
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
+    """A run that failed before its first checkpoint leaves nothing behind (no half-made run directory)."""
+    from richkd.engine import dist
+
+    if not dist.is_main() or (run_dir / "checkpoint.pt").exists():
+        return
+    for path in set(run_dir.iterdir()) - (before or set()) if run_dir.is_dir() else ():
+        if path.is_file():
+            path.unlink(missing_ok=True)
+    if before is None and run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def _train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> int:
+    from richkd.build import build_fit
+    from richkd.config import dump_config
+    from richkd.engine import dist
+    from richkd.engine.io import write_json_atomic, write_text_atomic
+    from richkd.engine.trainer import fit
+
     torch.manual_seed(cfg.seed)
     device = dist.init_from_env(cfg.train.device)
     parts, provenance = build_fit(cfg, device)
@@ -53,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dist.is_main():
         write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
         write_json_atomic(run_dir / "run.json", provenance)
-    summary = fit(parts, run_dir, resume=args.resume)
+    summary = fit(parts, run_dir, resume=resume)
     if dist.is_main():
         print(json.dumps(summary, indent=2))
     return 0
@@ -62,21 +128,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from richkd.data import load_dataset
     from richkd.data.loader import DeviceData
+    from richkd.data.subset import limited
     from richkd.engine.checkpoint import load_model_file, read_model_file
+    from richkd.engine.device import check_device
     from richkd.engine.evaluate import evaluate_model
-    from richkd.engine.io import write_json_atomic
+    from richkd.engine.io import check_writable, write_json_atomic
     from richkd.models import create_model
 
     _setup(args.threads, verbose=False)
+    device = check_device(args.device)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable(out.parent, "--out")
     path = Path(args.checkpoint)
     _, info = read_model_file(path)
     arch = args.arch or info.get("arch")
     if arch is None:
         raise RichKDError(f"{path} does not record its architecture: pass --arch")
-    ds = load_dataset(args.dataset, args.root, args.split)
+    ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
     model = create_model(arch, len(ds.classes))
     load_model_file(path, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
-    device = torch.device(args.device)
+    print(f"evaluating {arch} on {ds.name}/{ds.split} ({len(ds)} images, {device}) ...", file=sys.stderr, flush=True)
     metrics = evaluate_model(
         model.to(device), DeviceData(ds, device), mean=ds.mean, std=ds.std, batch_size=args.batch_size
     )
@@ -86,11 +158,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "dataset": ds.name,
         "split": ds.split,
         "rows": len(ds),
+        "subset": None if rows is None else f"stratified --limit {rows.limit} of {rows.split_rows} rows",
         **metrics,
     }
-    if args.out:
-        write_json_atomic(Path(args.out), result)
+    if out is not None:
+        write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from richkd.config import dump_config, load_config
+    from richkd.config_docs import describe_keys
+
+    if args.config_command == "keys":
+        print(describe_keys(), end="")
+        return 0
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from richkd.models import create_model, model_names
+
+    print(f"{'name':<14} {'params (100 cls)':>16} {'feature_dim':>12}")
+    for name in model_names():
+        model = create_model(name, 100)
+        n = sum(p.numel() for p in model.parameters())
+        print(f"{name:<14} {n / 1e6:>15.3f}M {model.feature_dim:>12}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from richkd.config import dump_config, load_config
+    from richkd.config_docs import describe_keys
+
+    if args.config_command == "keys":
+        print(describe_keys(), end="")
+        return 0
+    print(dump_config(load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -112,44 +218,64 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_EPILOG = """\
+A run is a YAML config (-c) plus key=value overrides, e.g.
+  richkd train -c configs/cifar10/kd/resnet56_resnet20.yaml data.root=PATH train.epochs=2 out_dir=runs/try
+`richkd config show -c CONFIG [overrides]` prints the resolved config; every key:
+
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from richkd.config_docs import describe_keys
+
     parser = argparse.ArgumentParser(prog="richkd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a teacher or distil a student")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train", help="train a teacher or distil a student", epilog=TRAIN_EPILOG + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("-c", "--config", help="YAML config (configs/...); omitted = defaults")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 (keys below)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
     )
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, interrupt_hint="continue with the same command plus --resume")
     ev = sub.add_parser("eval", help="evaluate a model file on a dataset split")
     ev.add_argument("--checkpoint", required=True, help="model_best.pt / model_last.pt of a run")
     ev.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
     ev.add_argument("--root", default=None, help="dataset root (folder or archive)")
     ev.add_argument("--split", default="test")
+    ev.add_argument("--limit", type=int, default=None, help="a stratified subset of N rows (quick checks)")
     ev.add_argument("--arch", default=None, help="architecture, if the file does not record it")
     ev.add_argument("--batch-size", type=int, default=512)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=int, default=None)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)
-    report = sub.add_parser("report", help="Markdown table of finished runs (mean ± std over seeds)")
-    report.add_argument("runs", nargs="+", help="run directories; NAME_s<seed> directories are grouped")
-    report.set_defaults(func=cmd_report)
-    try:
-        from richkd.cli_vlm import add_vlm_parser
-    except ImportError:  # the vision-language commands are optional until their module exists
-        pass
-    else:
-        add_vlm_parser(sub)
+    config = sub.add_parser("config", help="print the resolved config of a run, or every config key")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="show | keys")
+    show = config_sub.add_parser("show", help="the fully resolved config (every key, defaults filled in)")
+    show.add_argument("-c", "--config", help="YAML config; omitted = defaults")
+    show.add_argument("overrides", nargs="*", help="key=value overrides")
+    config_sub.add_parser("keys", help="every config key with its type, default and meaning")
+    config.set_defaults(func=cmd_config)
+    from richkd.cli_report import add_report_parser
+    from richkd.cli_vlm import add_vlm_parser
+
+    add_vlm_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         code: int = args.func(args)
         return code
@@ -157,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"richkd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("richkd: interrupted (resume with --resume)", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", None)
+        print(f"richkd: interrupted{f' ({hint})' if hint else ''}", file=sys.stderr)
         return 130
 
 
