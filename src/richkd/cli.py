@@ -189,35 +189,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    from richkd.config import dump_config, load_config
-    from richkd.config_docs import describe_keys
-
-    if args.config_command == "keys":
-        print(describe_keys(), end="")
-        return 0
-    print(dump_config(load_config(args.config, args.overrides)), end="")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from richkd.models import create_model, model_names
-
-    print(f"{'name':<14} {'params (100 cls)':>16} {'feature_dim':>12}")
-    for name in model_names():
-        model = create_model(name, 100)
-        n = sum(p.numel() for p in model.parameters())
-        print(f"{name:<14} {n / 1e6:>15.3f}M {model.feature_dim:>12}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from richkd.report import load_summaries, render_table
-
-    print(render_table(load_summaries([Path(p) for p in args.runs])), end="")
-    return 0
-
-
 TRAIN_EPILOG = """\
 A run is a YAML config (-c) plus key=value overrides, e.g.
   richkd train -c configs/cifar10/kd/resnet56_resnet20.yaml data.root=PATH train.epochs=2 out_dir=runs/try
