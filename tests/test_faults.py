@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +67,9 @@ def snapshot(root: Path) -> set[str]:
 # ----------------------------------------------------------------------------------------------- data roots
 
 
-def test_not_an_archive_and_truncated_archive(tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_not_an_archive_and_truncated_archive(
+    tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake = tmp_path / "notes.tar.gz"
     fake.write_text("this is not an archive\n")
     truncated = tmp_path / "cut.tar.gz"
