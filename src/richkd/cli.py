@@ -204,7 +204,9 @@ A run is a YAML config (-c) plus key=value overrides, e.g.
 def build_parser() -> argparse.ArgumentParser:
     from richkd.config_docs import describe_keys
 
-    parser = argparse.ArgumentParser(prog="richkd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="richkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train = sub.add_parser(
         "train", help="train a teacher or distil a student", epilog=TRAIN_EPILOG + describe_keys(),
@@ -237,11 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="key=value overrides")
     config_sub.add_parser("keys", help="every config key with its type, default and meaning")
     config.set_defaults(func=cmd_config)
+    from richkd.cli_analysis import add_analysis_parsers
     from richkd.cli_report import add_report_parser
     from richkd.cli_robustness import add_robustness_parser
     from richkd.cli_vlm import add_vlm_parser
 
     add_vlm_parser(sub)
+    add_analysis_parsers(sub)
     add_robustness_parser(sub)
     add_report_parser(sub)
     return parser
