@@ -41,7 +41,8 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", default=None, help="prompt template file, one per line with {} (default: 12)")
     p.add_argument("--no-clean-names", dest="clean_names", action="store_false",
                    help="feed raw class names (underscores kept), as the reference code does")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA and CPUs with AMX/AVX512-BF16, where it is faster)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
 
@@ -66,6 +67,8 @@ def add_vlm_parser(subparsers: Any) -> None:
     cache.add_argument("--views", type=int, default=0, help="number of random crop/flip views beyond plain/flip")
     cache.add_argument("--no-flip", dest="include_flip", action="store_false", help="omit the mirrored view")
     cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
+    cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                       help="save progress this often (0: after every batch); a killed build resumes from there")
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
 
     fit = sub.add_parser("fit-scale", help="fit the logit scale minimising NLL of cached cosines (train data)")
@@ -80,10 +83,12 @@ def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | Non
     """The split (a stratified subset with --limit) and which rows it holds; checks --device first."""
     from richkd.data import load_dataset
     from richkd.data.subset import limited
-    from richkd.engine.device import check_device
+    from richkd.engine.device import bf16_is_fast, check_device
 
     if hasattr(args, "device"):
-        check_device(args.device)
+        device = check_device(args.device)
+        if args.bf16 is None:  # auto
+            args.bf16 = bf16_is_fast(device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return limited(load_dataset(args.dataset, args.root, args.split, download=args.download), args.limit)
@@ -174,7 +179,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     out = build_target_cache(
         vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names, n_aug_views=args.views,
         include_flip=args.include_flip, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
-        device=args.device, subset=rows,
+        device=args.device, subset=rows, checkpoint_seconds=args.checkpoint_every,
     )
     print(f"target cache {out}: {ds.name}/{ds.split}, {len(ds)} rows, teacher {vlm.label} "
           f"({time.perf_counter() - t0:.1f} s)")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from richkd.errors import RichKDError
 
-__all__ = ["check_device"]
+__all__ = ["bf16_is_fast", "check_device"]
 
 
 def check_device(spec: str, option: str = "--device") -> torch.device:
@@ -36,3 +38,20 @@ def check_device(spec: str, option: str = "--device") -> torch.device:
     elif device.type != "cpu":
         raise RichKDError(f"{option}={spec}: richkd runs on cpu, cuda or mps")
     return device
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with native bf16 matrix units (AMX/AVX512-BF16).
+
+    Measured here: on an AMD EPYC without them the surrogate's image tower runs 8x slower in bf16 than in fp32,
+    so "auto" must not mean "always".
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
