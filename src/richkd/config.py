@@ -138,7 +138,7 @@ class TrainConfig:
     batch_size: int = 64  # training batch (per process under torchrun)
     eval_batch_size: int = 512  # batch of the per-epoch test evaluation
     device: str = "cpu"  # cpu | cuda | cuda:N (checked before the run starts)
-    bf16: bool = False  # autocast to bfloat16 (CPU and CUDA)
+    bf16: bool | Literal["auto"] = False  # bfloat16 autocast; auto = on for CUDA and AMX/AVX512-BF16 CPUs only
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU with bf16 and on GPU)
     compile: bool = False  # torch.compile the student and the frozen teacher
     sync_bn: bool = False  # torchrun/DDP: BatchNorm over the global batch (parity with 1 process)
