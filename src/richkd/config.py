@@ -240,7 +240,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except RichKDError as err:
                 errors.append(str(err))
-        raise RichKDError(errors[0] if len(errors) == 1 else f"invalid value for {key}: {value!r}")
+        if len(errors) == 1:
+            raise RichKDError(errors[0])
+        options = " or ".join(
+            " or ".join(repr(a) for a in typing.get_args(arg)) if typing.get_origin(arg) is Literal else _type_name(arg)
+            for arg in args
+            if arg is not type(None)
+        )
+        raise RichKDError(f"invalid value for {key}: expected {options}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise RichKDError(f"invalid value for {key}: {value!r}; choose one of {list(args)}")
