@@ -12,10 +12,22 @@ fi
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.14.1") on a GPU machine.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install -q -e ".[dev,surrogate]"
-if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  if ! dpkg -s libtcmalloc-minimal4 dataset-fashion-mnist >/dev/null 2>&1; then
-    (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 dataset-fashion-mnist) >/dev/null 2>&1 \
-      || echo "setup: optional apt packages (tcmalloc, Fashion-MNIST) not installed; continuing" >&2
+# Optional system packages: tcmalloc (faster CPU training) and Fashion-MNIST (the demo's default data).
+APT_PKGS="libtcmalloc-minimal4 dataset-fashion-mnist"
+if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $APT_PKGS >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO="none"; fi
+  fi
+  if [ "$SUDO" = "none" ]; then
+    echo "setup: not root, so $APT_PKGS were not installed; run: sudo apt-get install $APT_PKGS" \
+         "(or give the demo other data: richkd demo --dataset cifar10 --root PATH)" >&2
+  else
+    log=$(mktemp)
+    if ! ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq $APT_PKGS) >"$log" 2>&1; then
+      echo "setup: could not install $APT_PKGS ($(tail -n 1 "$log")); continuing without them" >&2
+    fi
+    rm -f "$log"
   fi
 fi
 .venv/bin/python -c "import richkd, torch; print(f'richkd {richkd.__version__} ready (torch {torch.__version__})')"

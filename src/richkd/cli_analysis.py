@@ -14,7 +14,6 @@ Predictors of `predict` (docs/analysis_formats.md):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from richkd import __version__
+from richkd.engine.io import file_sha256
 from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
@@ -91,14 +91,6 @@ def add_analysis_parsers(subparsers: Any) -> None:
     a.add_argument("--device", default="cpu", help="device of the --semantic vlm text tower")
     a.add_argument("--out", required=True, help="output directory")
     a.set_defaults(func=cmd_analyze, interrupt_hint="nothing was written")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _predict_kind(args: argparse.Namespace) -> str:
@@ -292,7 +284,7 @@ def _provenance(
     sources: list[dict[str, Any]] = []
     ckpt_sha = None
     if args.checkpoint is not None:
-        ckpt_sha = _file_sha256(Path(args.checkpoint))
+        ckpt_sha = file_sha256(Path(args.checkpoint))
         sources.append({"kind": "checkpoint", "path": args.checkpoint, "arch": src.arch, "sha256": ckpt_sha})
     if src.cache is not None:
         sources.append({"kind": "cache", "path": str(src.cache.path), "model_id": src.cache.meta.model_id,

@@ -6,10 +6,10 @@ Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
 DEFAULT_TITLE = "RichKD report"
@@ -72,25 +72,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
     """NAME=PATH pairs, names unique and non-empty, files present."""
-    found: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise RichKDError(f"--checkpoint {spec!r}: write NAME=PATH, e.g. --checkpoint kd=runs/kd/model_last.pt")
-        if name in found:
-            raise RichKDError(f"--checkpoint name {name!r} is given twice; give each model its own name")
-        if not Path(path).is_file():
+    found = {name: Path(path) for name, path in parse_named(specs, "--checkpoint").items()}
+    for name, path in found.items():
+        if not path.is_file():
             raise RichKDError(f"--checkpoint {name}: {path} not found")
-        found[name] = Path(path)
     return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -136,7 +122,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     for name, (model, info, path) in models.items():
         cost = measure_cost(model, input_shape=input_shape, device=device, repeats=args.repeats,
                             warmup=args.warmup)
-        result["models"][name] = {"arch": info["arch"], "checkpoint": str(path), "checkpoint_sha256": _sha256(path),
+        result["models"][name] = {"arch": info["arch"], "checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
                                   **cost}
         print(f"{name:<16} {info['arch']:<14} params {cost['params'] / 1e6:7.3f}M  FLOPs {cost['flops'] / 1e6:9.1f}M"
               f"  b1 {cost['latency_ms_b1']:7.2f} ms  b256 {cost['throughput_b256_img_s']:9.0f} img/s")

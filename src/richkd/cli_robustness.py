@@ -7,7 +7,6 @@ Thin: parse, load, call `richkd.robustness`, write. RichKDError propagates to `r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
 log = logging.getLogger(__name__)
@@ -46,31 +46,11 @@ def add_robustness_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_robustness)
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name or not rest:
-            raise RichKDError(f"{flag} {value!r}: expected NAME=VALUE, e.g. {flag} student=runs/s/model_best.pt")
-        if name in out:
-            raise RichKDError(f"{flag} name {name!r} is given twice; names must be unique")
-        out[name] = rest
-    return out
-
-
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise RichKDError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,3,5") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_models(
@@ -90,7 +70,7 @@ def _load_models(
         model = create_model(arch, len(classes))
         load_model_file(path, model, arch=arch, num_classes=len(classes), classes=classes)
         models[name] = model.to(device).eval()
-        info[name] = {"checkpoint": str(path), "checkpoint_sha256": _sha256(path), "arch": arch}
+        info[name] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "arch": arch}
     return models, info
 
 
@@ -148,8 +128,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     check_writable(out, "--out")
-    checkpoints = _pairs(args.checkpoint, "--checkpoint")
-    archs, shifts = _pairs(args.arch, "--arch"), _pairs(args.shift, "--shift")
+    checkpoints = parse_named(args.checkpoint, "--checkpoint")
+    archs, shifts = parse_named(args.arch, "--arch", "ARCH"), parse_named(args.shift, "--shift", "FOLDER")
     if unknown := sorted(set(archs) - set(checkpoints)):
         raise RichKDError(f"--arch names {unknown} match no --checkpoint")
     corruptions = [c.strip() for c in args.corruptions.split(",") if c.strip()] if args.corruptions else CORRUPTIONS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -60,3 +61,27 @@ def check_writable(path: Path, what: str = "output") -> None:
         ) from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks: provenance of checkpoints named in results."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_named(values: list[str], option: str, value_name: str = "PATH") -> dict[str, str]:
+    """`NAME=VALUE` command-line pairs (e.g. --checkpoint kd=runs/kd/model_last.pt): names unique and non-empty."""
+    from richkd.errors import RichKDError
+
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise RichKDError(f"{option} {value!r}: write NAME={value_name}, e.g. --checkpoint kd=runs/kd/model_last.pt")
+        if name in out:
+            raise RichKDError(f"{option} name {name!r} is given twice; give each its own name")
+        out[name] = rest
+    return out
