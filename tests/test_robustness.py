@@ -216,7 +216,7 @@ def test_cli_fails_early_on_bad_input(tmp_path: Path, folder_and_model: tuple[Pa
     blocker.write_text("x")
     with pytest.raises(RichKDError, match="not a folder"):
         run_cli([*base, "--checkpoint", f"m={model}", "--out", str(blocker / "sub")])
-    with pytest.raises(RichKDError, match="NAME=VALUE"):
+    with pytest.raises(RichKDError, match="NAME=PATH"):
         run_cli([*base, "--checkpoint", str(model), "--out", str(tmp_path / "o")])
     with pytest.raises(RichKDError, match="unknown corruption"):
         run_cli([*base, "--checkpoint", f"m={model}", "--corruptions", "rain", "--out", str(tmp_path / "o")])

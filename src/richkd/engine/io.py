@@ -80,7 +80,8 @@ def parse_named(values: list[str], option: str, value_name: str = "PATH") -> dic
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep or not name or not rest:
-            raise RichKDError(f"{option} {value!r}: write NAME={value_name}, e.g. --checkpoint kd=runs/kd/model_last.pt")
+            example = "kd=runs/kd/model_last.pt" if value_name == "PATH" else f"kd={value_name}"
+            raise RichKDError(f"{option} {value!r}: write NAME={value_name}, e.g. {option} {example}")
         if name in out:
             raise RichKDError(f"{option} name {name!r} is given twice; give each its own name")
         out[name] = rest
