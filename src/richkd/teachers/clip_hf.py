@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from richkd.errors import RichKDError
-from richkd.teachers.vlm import CLIP_MEAN, CLIP_STD, ImageSpec, fingerprint_module, preprocess_images
+from richkd.teachers.preprocess import CLIP_MEAN, CLIP_STD, ImageSpec, fingerprint_module, preprocess_images
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from richkd.errors import RichKDError
-from richkd.teachers.vlm import (
+from richkd.teachers.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     INTERPOLATIONS,

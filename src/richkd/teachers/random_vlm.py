@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.teachers.vlm import CLIP_MEAN, CLIP_STD, ImageSpec, fingerprint_module, preprocess_images
+from richkd.teachers.preprocess import CLIP_MEAN, CLIP_STD, ImageSpec, fingerprint_module, preprocess_images
 
 RANDOM_LABEL = "random (untrained test model) — not CLIP"
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from richkd.errors import RichKDError
-from richkd.teachers.vlm import ImageSpec, fingerprint_module, preprocess_images
+from richkd.teachers.preprocess import ImageSpec, fingerprint_module, preprocess_images
 
 SURROGATE_LABEL = "surrogate (EfficientNet-Lite0 + MiniLM, ConSE) — not CLIP"
 SURROGATE_ID = "surrogate:efficientnet-lite0+all-MiniLM-L6-v2:conse-t3-128px-centred"
