@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from richkd.errors import RichKDError
-
 from richkd.teachers.preprocess import CLIP_MEAN, CLIP_STD, ImageSpec, fingerprint_module, preprocess_images
 
 # the seam's types are re-exported beside the protocol, for callers
