@@ -34,19 +34,28 @@ predict() {  # predict NAME [args...]
 
 # 1. teacher (20 epochs) and students (vanilla, KD, RichKD-L+F; resnet8, EPOCHS epochs, one seed)
 train "$T" -c configs/cifar10/teacher/resnet56.yaml model.student=resnet20 train.epochs=20
-[ -f "$TRAIN_CACHE/meta.json" ] || "$R" vlm cache --dataset imagefolder --root "$ROOT" --split train --limit 10000 \
-    --teacher surrogate --threads "$THREADS" --out "$TRAIN_CACHE"
 [ -f "$TEST_CACHE/meta.json" ] || "$R" vlm cache "${D[@]}" --teacher surrogate --out "$TEST_CACHE"
-S=$("$R" vlm fit-scale --dataset imagefolder --root "$ROOT" --split train --limit 10000 --cache "$TRAIN_CACHE" \
-    --out "$OUT/fit_scale.json" | sed -E 's/^fitted logit scale ([0-9.]+).*/\1/')
+# the logit scale that calibrates the surrogate's cosines, fitted on 1,000 TRAINING images (never on test labels)
+FIT_CACHE=caches/cifar10_train1000_surrogate
+[ -f "$FIT_CACHE/meta.json" ] || "$R" vlm cache --dataset imagefolder --root "$ROOT" --split train --limit 1000 \
+    --teacher surrogate --threads "$THREADS" --out "$FIT_CACHE"
+S=$("$R" vlm fit-scale --dataset imagefolder --root "$ROOT" --split train --limit 1000 --cache "$FIT_CACHE" \
+    --threads "$THREADS" --out "$OUT/fit_scale.json" | sed -E 's/^fitted logit scale ([0-9.]+).*/\1/')
 STUDENT=(model.student=resnet8 train.epochs="$EPOCHS")
 KD=(model.teacher=resnet20 model.teacher_checkpoint="$T/model_last.pt")
 train "$OUT/vanilla_resnet8" -c configs/cifar10/vanilla/resnet20.yaml "${STUDENT[@]}"
 train "$OUT/kd_resnet8" -c configs/cifar10/kd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}"
-train "$OUT/control_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
-    fusion.use_vlm=false vlm.cache=null
-train "$OUT/richkd_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
-    vlm.cache="$TRAIN_CACHE"
+if [ -n "${WITH_RICHKD:-}" ]; then  # RichKD students need a surrogate cache of the 10k training images (~7 min/thread)
+  [ -f "$TRAIN_CACHE/meta.json" ] || "$R" vlm cache --dataset imagefolder --root "$ROOT" --split train \
+      --limit 10000 --teacher surrogate --threads "$THREADS" --out "$TRAIN_CACHE"
+  train "$OUT/control_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
+      fusion.use_vlm=false vlm.cache=null
+  train "$OUT/richkd_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
+      vlm.cache="$TRAIN_CACHE"
+  STUDENTS="vanilla kd control richkd"
+else
+  STUDENTS="vanilla kd"
+fi
 
 # 2. predictions on the stratified test subset
 predict teacher --checkpoint "$T/model_last.pt" --kind teacher
@@ -54,20 +63,24 @@ predict control --checkpoint "$T/model_last.pt" --alpha 0.7 --no-vlm
 predict fused --checkpoint "$T/model_last.pt" --cache "$TEST_CACHE" --alpha 0.7 --vlm-scale 1
 predict fused_fitted --checkpoint "$T/model_last.pt" --cache "$TEST_CACHE" --alpha 0.7 --vlm-scale "$S"
 predict surrogate --cache "$TEST_CACHE" --vlm-scale "$S"
-for s in vanilla kd control richkd; do predict "${s}_student" --checkpoint "$OUT/${s}_resnet8/model_last.pt"; done
+for s in $STUDENTS; do predict "${s}_student" --checkpoint "$OUT/${s}_resnet8/model_last.pt"; done
 
 # 3. analyses, robustness, cost, report
-"$R" analyze "$P"/{teacher,control,fused,fused_fitted,surrogate,vanilla_student,kd_student,control_student,richkd_student}.preds.safetensors \
-    --names teacher,control,fused,fused_fitted,surrogate,vanilla_student,kd_student,control_student,richkd_student \
-    --flow teacher:fused --flow teacher:fused_fitted --flow teacher:control --flow kd_student:richkd_student \
-    --agreement teacher:kd_student --agreement teacher:richkd_student \
+NAMES="teacher control fused fused_fitted surrogate"
+for s in $STUDENTS; do NAMES="$NAMES ${s}_student"; done
+FILES=(); for n in $NAMES; do FILES+=("$P/$n.preds.safetensors"); done
+EXTRA=(); [ -n "${WITH_RICHKD:-}" ] && EXTRA=(--flow kd_student:richkd_student --agreement teacher:richkd_student)
+[ -f "$OUT/analysis/analysis.json" ] || "$R" analyze "${FILES[@]}" --names "$(echo $NAMES | tr ' ' ,)" \
+    --flow teacher:fused --flow teacher:fused_fitted --flow teacher:control --flow vanilla_student:kd_student \
+    --agreement teacher:kd_student --agreement teacher:vanilla_student "${EXTRA[@]}" \
     --semantic cache:"$TEST_CACHE" --out "$OUT/analysis"
 [ -f "$OUT/robustness/robustness.json" ] || "$R" robustness --dataset imagefolder --root "$ROOT" --split test \
     --limit 1000 --threads "$THREADS" --checkpoint teacher="$T/model_last.pt" \
     --checkpoint vanilla="$OUT/vanilla_resnet8/model_last.pt" --checkpoint kd="$OUT/kd_resnet8/model_last.pt" \
-    --checkpoint richkd="$OUT/richkd_resnet8/model_last.pt" --out "$OUT/robustness"
+    --out "$OUT/robustness"
 [ -f "$OUT/cost/cost.json" ] || "$R" cost --threads "$THREADS" --checkpoint teacher="$T/model_last.pt" \
     --checkpoint student="$OUT/kd_resnet8/model_last.pt" --out "$OUT/cost"
-"$R" report "$T" "$OUT"/{vanilla,kd,control,richkd}_resnet8 --analysis "$OUT/analysis/analysis.json" \
+RUNS=("$T"); for s in $STUDENTS; do RUNS+=("$OUT/${s}_resnet8"); done
+"$R" report "${RUNS[@]}" --analysis "$OUT/analysis/analysis.json" \
     --robustness "$OUT/robustness/robustness.json" --cost "$OUT/cost/cost.json" \
     --title "RichKD analyses on CIFAR-10 (surrogate vision-language teacher, not CLIP)" --out "$OUT/report"
