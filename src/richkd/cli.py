@@ -1,6 +1,6 @@
 """richkd: knowledge distillation from a fused CNN + vision-language teacher (RichKD), with KD/DKD/CRD baselines.
 
-Commands: train | eval | models | config | vlm | predict | analyze | robustness | cost | report.
+Commands: demo | train | eval | models | config | vlm | predict | analyze | robustness | cost | report.
 `richkd COMMAND --help` says more. Thin layer: parse, call the library, print; errors are one line, exit code 2.
 """
 
@@ -240,10 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("keys", help="every config key with its type, default and meaning")
     config.set_defaults(func=cmd_config)
     from richkd.cli_analysis import add_analysis_parsers
+    from richkd.cli_demo import add_demo_parser
     from richkd.cli_report import add_report_parser
     from richkd.cli_robustness import add_robustness_parser
     from richkd.cli_vlm import add_vlm_parser
 
+    add_demo_parser(sub)
     add_vlm_parser(sub)
     add_analysis_parsers(sub)
     add_robustness_parser(sub)
