@@ -34,10 +34,11 @@ def _accuracy_by_name(run_dirs: Sequence[Path], analysis: dict[str, Any] | None,
     found: dict[str, tuple[float, str]] = {}
     for name, runs in load_summaries(run_dirs).items():
         found[name] = (statistics.mean(float(r["last_top1"]) for r in runs), "run summary (last top-1)")
-    for name, entry in (analysis or {}).get("predictors", {}).items():
-        found[name] = (float(entry["top1"]), "analysis.json")
+    # robustness runs on a small corrupted subset; the analysis usually covers more test images, so it wins
     for name, entry in (robustness or {}).get("models", {}).items():
         found[name] = (float(entry["clean_top1"]), "robustness.json (clean)")
+    for name, entry in (analysis or {}).get("predictors", {}).items():
+        found[name] = (float(entry["top1"]), "analysis.json")
     return found
 
 

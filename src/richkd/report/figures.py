@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
 
 from richkd.report.inputs import Curve
 
@@ -79,6 +80,7 @@ def plot_reliability(predictors: Mapping[str, Reliability]) -> Figure:
         ax_n.set(xlim=(0, 1), xlabel="confidence", ylabel="samples", title="samples per bin")
         if max(rel.count, default=0) > 0:
             ax_n.set_yscale("log")
+            ax_n.yaxis.set_minor_formatter(NullFormatter())  # minor labels (2x10^1, 3x10^1, ...) overlap
     fig.suptitle("Reliability diagrams (accuracy vs confidence per bin)")
     return fig
 
@@ -262,9 +264,12 @@ def plot_training_curves(runs: Mapping[str, Curve]) -> Figure:
         color = arms.setdefault(arm, f"C{len(arms) % 10}")
         ax_acc.plot(curve.test_epochs, curve.test_top1, color=color, marker="." if len(curve.test_epochs) < 30
                     else None, label=run)
-        ax_loss.plot(curve.loss_epochs, curve.train_loss, color=color, label=run)
+        # markers: a one-epoch run is a single point, which a line without markers does not draw
+        ax_loss.plot(curve.loss_epochs, curve.train_loss, color=color, label=run,
+                     marker="." if len(curve.loss_epochs) < 30 else None)
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="Test top-1 accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms)", title="Training loss")
+    # log scale: distillers' summed losses (RichKD's ~20) would otherwise flatten the CE-only curves
+    ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms, log scale)", title="Training loss", yscale="log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
