@@ -197,7 +197,7 @@ def test_report_has_every_section_offline(tmp_path: Path, capsys: pytest.Capture
     assert "| teacher | resnet20 | 90.00 | 50.00 | 0.556 | 70.00 | 60.00 | 50.00 | 40.00 | 30.00 |" in md
     assert "| fog | 40.0 |" in md
     assert "| teacher | 70.0 | 8.0 | 12.0 | 10.0 |" in md, "quadrants in percent, table order"
-    assert "| teacher | resnet20 | 0.272 | 41.0 | 2.10 | 5100 | 90.00 | robustness.json (clean) |" in md
+    assert "| teacher | resnet20 | 0.272 | 41.0 | 2.10 | 5100 | 78.30 | analysis.json |" in md
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)
     assert "| kd | 2 | 72.00 ± 1.41 | 71.00 ± 1.41 |" in md and cells[cells.index("kd"):][:4] == [
         "kd", "2", "72.00 ± 1.41", "71.00 ± 1.41"], "the same table in both"
