@@ -9,7 +9,7 @@ import io
 import math
 import typing
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from richkd.cli import main
@@ -50,6 +50,7 @@ override = st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}")
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(override, min_size=1, max_size=4))
+@example(["distill.method.x=0"])  # found by this test: a mapping as the method name raised TypeError
 def test_overrides_resolve_or_fail_with_one_line(overrides: list[str]) -> None:
     try:
         cfg = load_config(None, overrides)

@@ -315,7 +315,7 @@ def _build_distill(raw: Any, prefix: str) -> DistillConfig:
     if not isinstance(raw, Mapping) or "method" not in raw:
         raise RichKDError(f"invalid config: {prefix}method is required; one of {sorted(DISTILL_CONFIGS)}")
     method = raw["method"]
-    if method not in DISTILL_CONFIGS:
+    if not isinstance(method, str) or method not in DISTILL_CONFIGS:
         raise RichKDError(f"unknown distill.method {method!r}; choose one of {sorted(DISTILL_CONFIGS)}")
     result: DistillConfig = _build_dataclass(DISTILL_CONFIGS[method], raw, prefix)
     return result
