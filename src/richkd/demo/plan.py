@@ -18,8 +18,8 @@ SURROGATE_NAME = "surrogate (EfficientNet-Lite0 + MiniLM, not CLIP)"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 # Sized for < 15 min on 2 CPU cores (docs/demo.md has the measurements); --scale F multiplies images and epochs.
-FULL = {"train_images": 2000, "test_images": 500, "teacher_epochs": 5, "student_epochs": 4,
-        "robust_images": 80, "nce_k": 1024, "cost_repeats": 3}
+FULL = {"train_images": 3000, "test_images": 1000, "teacher_epochs": 6, "student_epochs": 6,
+        "robust_images": 200, "nce_k": 1024, "cost_repeats": 3}
 QUICK = {"train_images": 200, "test_images": 100, "teacher_epochs": 1, "student_epochs": 1,
          "robust_images": 40, "nce_k": 256, "cost_repeats": 1}
 QUICK_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast")
