@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,17 @@ def tiny_cifar10(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"needs the shared CIFAR-10 archive at {SHARED_ARCHIVE} (present in CI, not on user machines)"
         )
     return _subset_archive(tmp_path_factory.mktemp("tiny") / "cifar10-tiny.tar.gz", {"train": 16, "test": 8})
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody may create files in: chmod 555 for a normal user; root ignores modes, so /sys there."""
+    if os.geteuid() == 0:
+        yield Path("/sys/richkd-test-output")
+        return
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,10 +13,9 @@ import torch
 from PIL import Image
 
 from richkd.analysis.predictions import read_predictions
-from richkd.cli_analysis import add_analysis_parsers
+from richkd.cli import main
 from richkd.data.augment import normalize
 from richkd.engine.checkpoint import save_model
-from richkd.errors import RichKDError
 from richkd.models import create_model
 from richkd.teachers.target_cache import write_random_cache
 
@@ -27,17 +24,7 @@ N_TEST = 4  # images per class in test/
 
 
 def run_cli(argv: Sequence[str]) -> int:
-    """Exactly what richkd.cli.main does with a parsed command (parser built here, as cli.py is not ours)."""
-    parser = argparse.ArgumentParser(prog="richkd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_analysis_parsers(sub)
-    args = parser.parse_args(list(argv))
-    try:
-        code: int = args.func(args)
-        return code
-    except RichKDError as err:
-        print(f"richkd: error: {err}", file=sys.stderr)
-        return 2
+    return main(list(argv))
 
 
 def _png(rng: np.random.Generator) -> bytes:

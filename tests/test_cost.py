@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from richkd.analysis.cost import count_flops, count_params, measure_cost
-from richkd.cli_report import add_report_parser
+from richkd.cli import build_parser
 from richkd.engine.checkpoint import save_model
 from richkd.errors import RichKDError
 from richkd.models import create_model
@@ -20,9 +19,8 @@ CPU = torch.device("cpu")
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """`richkd ARGV` in process, RichKDError propagating (pytest.raises checks the message)."""
+    args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
 

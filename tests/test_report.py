@@ -3,7 +3,6 @@ built from synthetic files that follow docs/analysis_formats.md."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -13,8 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from richkd.cli import main
-from richkd.cli_report import add_report_parser
+from richkd.cli import build_parser, main
 from richkd.errors import RichKDError
 from richkd.report import build_report, load_summaries, render_table
 from richkd.report import figures as F
@@ -162,9 +160,8 @@ def test_figures_have_labelled_axes_and_data() -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """`richkd ARGV` in process, RichKDError propagating (pytest.raises checks the message)."""
+    args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
 

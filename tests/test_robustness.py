@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from richkd.cli import build_parser
 from richkd.errors import RichKDError
 from richkd.models.output import ModelOutput
 from richkd.robustness import evaluate, evaluate_robustness, load_official_c
@@ -139,11 +139,8 @@ def write_folder(root: Path, n_per_class: int = 3) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    from richkd.cli_robustness import add_robustness_parser
-
-    parser = argparse.ArgumentParser()
-    add_robustness_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    """`richkd ARGV` in process, RichKDError propagating (pytest.raises checks the message)."""
+    args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
 
