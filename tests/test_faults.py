@@ -269,3 +269,23 @@ def test_help_and_logs_say_what_they_mean(tiny_cifar10: Path, tmp_path: Path, ca
     code, _, err = run(["eval", "--checkpoint", str(tmp_path / "r" / "model_last.pt"), "--dataset",
                         "imagefolder", "--root", str(tiny_cifar10), "--threads", "1"], capsys)
     assert code == 0 and "evaluating resnet8" in err
+
+
+def test_killed_after_the_last_checkpoint_still_finishes(
+    tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL between the final checkpoint and metrics.jsonl/summary.json: --resume completes the run."""
+    out = tmp_path / "run"
+    args = ["train", *COMMON, "train.epochs=2", "train.max_steps_per_epoch=2", f"data.root={tiny_cifar10}",
+            f"data.cache_dir={tmp_path / 'dc'}", f"out_dir={out}"]
+    assert run(args, capsys)[0] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "summary.json").unlink()  # the state such a kill leaves behind
+    (out / "metrics.jsonl").write_text(lines[0] + "\n")
+    code, _, err = run([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["last_top1"] == summary["last_top1"]
+    assert (out / "metrics.jsonl").read_text().splitlines() == lines
+    code, _, err = run([*args, "--resume"], capsys)  # a finished run is still refused
+    one_line_error(code, err, "already finished")

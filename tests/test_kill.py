@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +61,33 @@ def _assert_all_gone(pids: set[int], within: float = 10.0) -> None:
     assert not [p for p in pids if _alive(p)], "processes outlived their SIGKILLed parent"
 
 
-def _run_killed(argv: list[str], env: dict[str, str], delay: float) -> bool:
-    """Start `argv`, SIGKILL it after `delay` s; True if it was killed (False: it finished first)."""
+def _run_killed(argv: list[str], env: dict[str, str], ready: Callable[[], bool], delay: float) -> bool:
+    """Start `argv`; once `ready()` holds (progress made, so the kill lands mid-work whatever the machine's
+    speed), wait `delay` s more and SIGKILL it. True if it was killed (False: it finished first)."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        proc.wait(timeout=delay)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            kids = _children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            _assert_all_gone(kids)
+            return True
         assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         return False
-    except subprocess.TimeoutExpired:
-        kids = _children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        _assert_all_gone(kids)
-        return True
     finally:
         if proc.stderr:
             proc.stderr.close()
+
+
+def _epochs_done(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
 
 
 def _train_argv(archive: Path, out: Path, data_cache: Path) -> list[str]:
@@ -94,7 +106,11 @@ def test_training_killed_at_random_points_ends_bit_identical(tiny_cifar10: Path,
     for _ in range(12):
         if (killed / "summary.json").exists():
             break
-        kills += _run_killed(_train_argv(tiny_cifar10, killed, tmp_path / "dc"), env, rng.uniform(3.0, 12.0))
+        # a seeded point inside a seeded epoch: after `at` more epochs are logged, `delay` s into the next one
+        start, at, delay = _epochs_done(killed), rng.randint(0, 1), rng.uniform(0.0, 1.5)
+        kills += _run_killed(_train_argv(tiny_cifar10, killed, tmp_path / "dc"), env,
+                             lambda s=start, a=at: (killed / "run.json").exists() and _epochs_done(killed) >= s + a,
+                             delay)
     if not (killed / "summary.json").exists():
         subprocess.run(_train_argv(tiny_cifar10, killed, tmp_path / "dc"), env=env, check=True, capture_output=True)
     assert kills >= 2, "the seeded kill points missed the run; widen the delays"
@@ -127,7 +143,8 @@ def test_cache_build_killed_at_random_points_ends_identical(tiny_cifar10: Path, 
     for _ in range(12):
         if (killed / "meta.json").exists():
             break
-        kills += _run_killed(_cache_argv(tiny_cifar10, killed), env, rng.uniform(2.0, 8.0))
+        kills += _run_killed(_cache_argv(tiny_cifar10, killed), env, lambda: (killed / "progress.json").exists(),
+                             rng.uniform(0.0, 0.6))
     if not (killed / "meta.json").exists():
         subprocess.run(_cache_argv(tiny_cifar10, killed), env=env, check=True, capture_output=True)
     assert kills >= 1, "the seeded kill points missed the build; widen the delays"

@@ -215,6 +215,13 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def _last_epoch_logged(path: Path) -> int:
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line]
+    return int(json.loads(lines[-1])["epoch"]) if lines else 0
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -228,6 +235,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     best = {"top1": -math.inf, "epoch": 0, "top5": 0.0}
     start_epoch = 0
     wall = 0.0
+    last: dict[str, Any] = {}  # the latest evaluation
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
     if resume and ckpt_path.exists():
@@ -236,10 +244,15 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         parts.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], generator)
         start_epoch, best, wall = state["epoch"], state["best"], state["wall_s"]
-        _truncate_metrics(metrics_path, start_epoch) if dist.is_main() else None
+        # the checkpoint also carries its epoch's record and last evaluation: a run killed after saving its
+        # final checkpoint but before metrics.jsonl or summary.json still finishes on --resume
+        last_record, last = state.get("record"), state.get("last", {})
+        if dist.is_main():
+            _truncate_metrics(metrics_path, start_epoch)
+            if last_record is not None and _last_epoch_logged(metrics_path) < start_epoch:
+                _append_jsonl(metrics_path, last_record)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     step_module = dist.wrap_ddp(step_module, device, find_unused_parameters=parts.find_unused_parameters)
-    last: dict[str, Any] = {}
     end_epoch = parts.schedule.epochs
     if parts.stop_after is not None:
         end_epoch = min(end_epoch, start_epoch + parts.stop_after)
@@ -295,6 +308,8 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                     "rng": _rng_state(generator),
                     "best": best,
                     "wall_s": wall,
+                    "record": record,
+                    "last": last,
                 },
             )
             _append_jsonl(metrics_path, record)
@@ -302,7 +317,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     if end_epoch < parts.schedule.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch, parts.schedule.epochs)
         return {"stopped_at_epoch": end_epoch, "epochs": parts.schedule.epochs}
-    if not last:
+    if not last or (start_epoch == parts.schedule.epochs and (run_dir / "summary.json").exists()):
         raise RichKDError(f"nothing to train: the run in {run_dir} already finished; use a new out_dir")
     summary = {
         "best_top1": best["top1"],
