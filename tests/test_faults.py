@@ -114,6 +114,15 @@ def test_cuda_on_a_cpu_machine(tiny_cifar10: Path, tmp_path: Path, capsys: pytes
     one_line_error(code, err, "--device=cuda:3")
     code, _, err = run(["train", *COMMON, "train.device=gpu0", f"out_dir={out}"], capsys)
     one_line_error(code, err, "not a device")
+    model = tmp_path / "m.pt"
+    _save_resnet8(model, tiny_cifar10)
+    code, _, err = run(["robustness", "--checkpoint", f"m={model}", "--dataset", "imagefolder", "--root",
+                        str(tiny_cifar10), "--device", "cuda", "--out", str(tmp_path / "rob")], capsys)
+    one_line_error(code, err, "--device=cuda")
+    code, _, err = run(["cost", "--checkpoint", f"m={model}", "--device", "cuda", "--out", str(tmp_path / "c")],
+                       capsys)
+    one_line_error(code, err, "--device=cuda")
+    assert not (tmp_path / "rob" / "robustness.json").exists() and not (tmp_path / "c" / "cost.json").exists()
 
 
 # ------------------------------------------------------------------------------------------ config values

@@ -16,7 +16,6 @@ from richkd import __version__
 from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfig, VanillaConfig
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
-from richkd.data.subset import stratified_rows as stratified_rows  # re-exported: the one subset definition
 from richkd.data.subset import subset
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
 from richkd.engine import dist

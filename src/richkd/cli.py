@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "dataset": ds.name,
         "split": ds.split,
         "rows": len(ds),
-        "subset": None if rows is None else f"stratified --limit {rows.limit} of {rows.split_rows} rows",
+        "subset": None if rows is None else rows.describe(),
         **metrics,
     }
     if out is not None:

@@ -84,15 +84,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     from richkd.analysis.cost import cpu_name, measure_cost
     from richkd.engine.checkpoint import load_weights_strict, read_model_file
+    from richkd.engine.device import check_device
     from richkd.engine.io import check_writable, write_json_atomic
     from richkd.models import create_model
 
     checkpoints = parse_checkpoints(args.checkpoint)
     if args.image_size < 1 or args.repeats < 1 or args.warmup < 0:
         raise RichKDError("--image-size and --repeats must be ≥ 1 and --warmup ≥ 0")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RichKDError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    device = check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -118,8 +118,9 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from richkd.build import stratified_rows
     from richkd.data import load_dataset
+    from richkd.data.subset import limited
+    from richkd.engine.device import check_device
     from richkd.engine.io import check_writable, write_json_atomic, write_text_atomic
     from richkd.robustness.corruptions import CORRUPTIONS, check_corruption
     from richkd.robustness.evaluate import count_correct, evaluate_robustness
@@ -144,13 +145,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         raise RichKDError("--limit must be >= 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = check_device(args.device)
 
-    ds = load_dataset(args.dataset, args.root, args.split)
-    images, labels, rows = ds.images, ds.labels, None
-    if args.limit is not None and args.limit < len(ds):
-        rows = stratified_rows(ds.labels, args.limit)
-        images, labels = images[rows].contiguous(), labels[rows]
+    ds, subset = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+    images, labels, rows = ds.images, ds.labels, None if subset is None else subset.rows
     models, info = _load_models(checkpoints, archs, ds.classes, device)
     size = int(images.shape[2])
     shift_sets = {

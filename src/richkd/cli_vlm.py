@@ -143,10 +143,10 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
             logits = zero_shot_logits(image_emb, class_emb, scale)
             rows.append({"prompts": prompts_name, "logit_scale": scale, **_metrics(logits, ds.labels)})
     result = {"teacher": vlm.label, "model_id": vlm.model_id, "dataset": ds.name, "split": ds.split,
-              "rows": len(ds), "subset": _describe(subset), "clean_names": args.clean_names,
+              "rows": len(ds), "subset": None if subset is None else subset.describe(), "clean_names": args.clean_names,
               "image_seconds": round(seconds, 2),
               "images_per_second": round(len(ds) / seconds, 1), "results": rows}
-    shown = "" if subset is None else f", {_describe(subset)}"
+    shown = "" if subset is None else f", {subset.describe()}"
     print(f"{vlm.label} on {ds.name}/{ds.split} ({len(ds)} images{shown})")
     print(f"{'prompts':<30} {'scale':>8} {'top-1 %':>8} {'top-5 %':>8} {'NLL':>7} {'ECE %':>7}")
     for r in rows:
@@ -162,10 +162,6 @@ def _check_out(out: str | None) -> None:
 
     if out:
         check_writable(Path(out).parent, "--out")
-
-
-def _describe(rows: SubsetRows | None) -> str | None:
-    return None if rows is None else f"stratified subset (--limit {rows.limit}) of {rows.split_rows} rows"
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -50,6 +50,9 @@ class SubsetRows:
     rows: Tensor  # [n] int64 full-split row ids, ascending
     split_rows: int  # rows in the whole split
 
+    def describe(self) -> str:
+        return f"stratified subset (--limit {self.limit}) of {self.split_rows} rows"
+
 
 def limited(ds: ArrayDataset, limit: int | None) -> tuple[ArrayDataset, SubsetRows | None]:
     """`subset` with its provenance: (dataset, None) when `limit` keeps the whole split."""
