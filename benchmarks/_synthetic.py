@@ -13,6 +13,8 @@ import platform
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,41 @@ def write_json(path: str | None, record: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
+
+
+def timed_windows(
+    steps: dict[str, Callable[[], None]],
+    *,
+    windows: int,
+    steps_per_window: int,
+    warmup: int,
+    batch: int,
+    device: torch.device,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Images/s of each step function over alternating windows (ABBA: drift in load cancels); every window runs
+    `warmup` untimed steps first. Returns (rates per mode, peak CUDA MiB per mode)."""
+    modes = list(steps)
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    peak_cuda: dict[str, float] = {}
+    for w in range(windows):
+        order = modes if w % 2 == 0 else modes[::-1]
+        for mode in order:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(warmup):
+                steps[mode]()
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_window):
+                steps[mode]()
+            _sync(device)
+            rates[mode].append(steps_per_window * batch / (time.perf_counter() - t0))
+            if device.type == "cuda":
+                peak_cuda[mode] = max(peak_cuda.get(mode, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+            print(f"window {w + 1} {mode:<9} {rates[mode][-1]:8.1f} img/s", file=sys.stderr, flush=True)
+    return rates, peak_cuda
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -33,7 +33,7 @@ predict() {  # predict NAME [args...]
 }
 
 # 1. teacher (resnet20, 8 epochs: what a loaded 2-core CPU affords) and students (vanilla and KD; with WITH_RICHKD=1 also the control and RichKD-L+F; resnet8, one seed)
-train "$T" -c configs/cifar10/teacher/resnet56.yaml model.student=resnet20 train.epochs=8 train.eval_every=4
+train "$T" --dataset cifar10-reduced --method teacher --pair resnet20 train.epochs=8 train.eval_every=4
 [ -f "$TEST_CACHE/meta.json" ] || "$R" vlm cache "${D[@]}" --teacher surrogate --out "$TEST_CACHE"
 # the logit scale that calibrates the surrogate's cosines, fitted on 1,000 TRAINING images (never on test labels)
 FIT_CACHE=caches/cifar10_train1000_surrogate
@@ -43,15 +43,15 @@ S=$("$R" vlm fit-scale --dataset imagefolder --root "$ROOT" --split train --limi
     --threads "$THREADS" --out "$OUT/fit_scale.json" | sed -E 's/^fitted logit scale ([0-9.]+).*/\1/')
 STUDENT=(model.student=resnet8 train.epochs="$EPOCHS")
 KD=(model.teacher=resnet20 model.teacher_checkpoint="$T/model_last.pt")
-train "$OUT/vanilla_resnet8" -c configs/cifar10/vanilla/resnet20.yaml "${STUDENT[@]}"
-train "$OUT/kd_resnet8" -c configs/cifar10/kd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}"
+train "$OUT/vanilla_resnet8" --dataset cifar10-reduced --method vanilla --pair resnet8 "${STUDENT[@]}"
+train "$OUT/kd_resnet8" --dataset cifar10-reduced --method kd "${STUDENT[@]}" "${KD[@]}"
 if [ -n "${WITH_RICHKD:-}" ]; then  # RichKD students need a surrogate cache of the 10k training images (~7 min/thread)
   [ -f "$TRAIN_CACHE/meta.json" ] || "$R" vlm cache --dataset imagefolder --root "$ROOT" --split train \
       --limit 10000 --teacher surrogate --threads "$THREADS" --out "$TRAIN_CACHE"
-  train "$OUT/control_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
-      fusion.use_vlm=false vlm.cache=null
-  train "$OUT/richkd_resnet8" -c configs/cifar10/richkd/resnet56_resnet20.yaml "${STUDENT[@]}" "${KD[@]}" \
-      vlm.cache="$TRAIN_CACHE"
+  train "$OUT/control_resnet8" --dataset cifar10-reduced --method control "${STUDENT[@]}" "${KD[@]}" \
+      distill.nce_k=4096
+  train "$OUT/richkd_resnet8" --dataset cifar10-reduced --method richkd-lf "${STUDENT[@]}" "${KD[@]}" \
+      distill.nce_k=4096 vlm.cache="$TRAIN_CACHE"
   STUDENTS="vanilla kd control richkd"
 else
   STUDENTS="vanilla kd"

@@ -11,17 +11,17 @@ TC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 RICHKD=${RICHKD:-.venv/bin/richkd}
 OUT=${OUT:-runs/cifar10}
 
-run() {  # run CONFIG OUT_DIR [overrides...]
-  local cfg=$1 dir=$2; shift 2
+run() {  # run METHOD OUT_DIR [overrides...]
+  local method=$1 dir=$2; shift 2
   [ -f "$dir/summary.json" ] && return 0
   local resume=()
   [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
-  "$RICHKD" train -c "$cfg" data.root="$ROOT" train.threads="$THREADS" out_dir="$dir" "$@" "${resume[@]}"
+  "$RICHKD" train --dataset cifar10-reduced --pair resnet56-resnet20 --method "$method" data.root="$ROOT" \
+      train.threads="$THREADS" out_dir="$dir" "$@" "${resume[@]}"
 }
 
-run configs/cifar10/teacher/resnet56.yaml "$OUT/teacher_resnet56"
+run teacher "$OUT/teacher_resnet56"
 for seed in $SEEDS; do
-  run configs/cifar10/vanilla/resnet20.yaml "$OUT/vanilla_resnet20_s$seed" seed="$seed"
-  run configs/cifar10/kd/resnet56_resnet20.yaml "$OUT/kd_resnet56_resnet20_s$seed" seed="$seed" \
-      model.teacher_checkpoint="$OUT/teacher_resnet56/model_last.pt"
+  run vanilla "$OUT/vanilla_resnet20_s$seed" seed="$seed"
+  run kd "$OUT/kd_resnet56_resnet20_s$seed" seed="$seed" model.teacher_checkpoint="$OUT/teacher_resnet56/model_last.pt"
 done

@@ -36,6 +36,7 @@ from _synthetic import (  # noqa: E402
     peak_rss_mb,
     synthetic_cache,
     synthetic_split,
+    timed_windows,
     write_json,
 )
 
@@ -48,11 +49,6 @@ from richkd.engine.trainer import train_step  # noqa: E402
 def _cycle_rows(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     while True:
         yield from epoch_batches(n, batch, shuffle=True, drop_last=True, generator=generator)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -123,25 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pipe.step_module.train()
         steps[mode] = step
 
-    rates: dict[str, list[float]] = {m: [] for m in modes}
-    peak_cuda: dict[str, float] = {}
     t_start = time.perf_counter()
-    for w in range(args.windows):
-        order = modes if w % 2 == 0 else modes[::-1]  # ABBA: drift in load cancels
-        for mode in order:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(args.warmup):
-                steps[mode]()
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                steps[mode]()
-            _sync(device)
-            rates[mode].append(args.steps * args.batch / (time.perf_counter() - t0))
-            if device.type == "cuda":
-                peak_cuda[mode] = max(peak_cuda.get(mode, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-            print(f"window {w + 1} {mode:<9} {rates[mode][-1]:8.1f} img/s", file=sys.stderr, flush=True)
+    rates, peak_cuda = timed_windows(
+        steps, windows=args.windows, steps_per_window=args.steps, warmup=args.warmup, batch=args.batch, device=device
+    )
     medians = {m: statistics.median(r) for m, r in rates.items()}
     result: dict[str, Any] = {
         "benchmark": "train_step",

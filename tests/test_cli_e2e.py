@@ -76,6 +76,7 @@ def distil_args(work: dict[str, Path], out: Path, *extra: str) -> list[str]:
         "model.teacher=resnet8",
         f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
         "distill.method=richkd",
+        "fusion.mode=vlm",
         "distill.nce_k=64",
         f"vlm.cache={work['cache']}",
         "train.epochs=3",
@@ -134,7 +135,7 @@ def test_richkd_stop_resume_matches_uninterrupted_and_eval(work: dict[str, Path]
 
 def test_same_seed_same_first_loss_and_teacher_only_control(work: dict[str, Path]) -> None:
     out1, out2 = work["base"] / "seed_a", work["base"] / "seed_b"
-    args = ["train.epochs=1", "train.max_steps_per_epoch=2", "fusion.use_vlm=false", "vlm.cache=null"]
+    args = ["train.epochs=1", "train.max_steps_per_epoch=2", "fusion.mode=control", "vlm.cache=null"]
     richkd("train", *distil_args(work, out1, *args))
     richkd("train", *distil_args(work, out2, *args))
     la = json.loads((out1 / "metrics.jsonl").read_text().splitlines()[0])
@@ -254,3 +255,36 @@ def test_richkd_from_a_cache_built_by_the_cli_with_matched_views(work: dict[str,
         check=False,
     )
     _fails_cleanly(bad_pad, work["base"] / "badpad", "pad")
+
+
+def test_dkd_and_ls_kd_on_fused_targets_from_a_cli_cache(work: dict[str, Path]) -> None:
+    """Fusion is a switch of every distiller: DKD+fusion and LS-KD+fusion through `richkd train --method`."""
+    cache = work["base"] / "cli_cache_plain"
+    richkd("vlm", "cache", "--dataset", "imagefolder", "--root", str(work["archive"]), "--split", "train",
+           "--teacher", "random:2", "--out", str(cache), "--threads", "1", "--batch-size", "64")
+    common = [
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "data.test_limit=40",
+        "model.student=resnet8",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
+        f"vlm.cache={cache}",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+    ]
+    for method, extra, loss_key, described in (
+        ("dkd-fusion", [], "dkd", "DKD(alpha=1.0, beta=8.0, T=4.0"),
+        ("kd-ls", ["fusion.mode=vlm"], "kd", "9.0*LS-KD(T=2.0)"),
+    ):
+        out = work["base"] / method
+        richkd("train", "--method", method, *common, *extra, f"out_dir={out}")
+        run = json.loads((out / "run.json").read_text())
+        assert run["teacher_targets"].startswith("logits: z_F = 0.7*z_T + 0.3*1.0*z_C"), run["teacher_targets"]
+        assert described in run["loss"] and run["target_cache"]["model_kind"] == "random"
+        assert run["config_layers"][0] == "dataset:cifar100" and f"method:{method}" in run["config_layers"]
+        first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert first[f"train/loss_{loss_key}"] > 0
+        saved = (out / "config.yaml").read_text()
+        assert "mode: vlm" in saved and "base:" not in saved  # the fully resolved config, no layers left

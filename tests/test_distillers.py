@@ -155,7 +155,8 @@ def test_crd_loss_trains_both_embeddings_and_runs_under_bf16_autocast() -> None:
 
 
 # ---------------------------------------------------------------- fixtures for the distillers
-def make_crd_loss(*, fused: bool) -> CRDLoss:
+def make_crd_loss(*, fused: bool, distinct: bool = False) -> CRDLoss:
+    """distinct=False: the with-replacement draw the golden values were first recorded with."""
     return build_crd_loss(
         student_dim=D_S,
         teacher_dim=D_T,
@@ -167,6 +168,7 @@ def make_crd_loss(*, fused: bool) -> CRDLoss:
         nce_k=16,
         nce_t=0.07,
         momentum=0.5,
+        distinct=distinct,
     )
 
 
@@ -201,6 +203,7 @@ def build_all() -> dict[str, Distiller]:
         "richkd_teacher_only": lambda: RichKD(
             ce_weight=1.0, kd_weight=3.0, feat_weight=0.8, temperature=3.0, crd=make_crd_loss(fused=False)
         ),
+        "crd_distinct": lambda: CRD(ce_weight=1.0, crd_weight=0.8, crd=make_crd_loss(fused=False, distinct=True)),
     }
     out = {}
     for i, (name, build) in enumerate(builders.items()):
@@ -248,6 +251,7 @@ EXPECTED_KEYS = {
     "dkd": {"ce", "dkd"},
     "crd": {"ce", "crd"},
     "crd_kd": {"ce", "kd", "crd"},
+    "crd_distinct": {"ce", "crd"},
     "richkd": {"ce", "kd", "feat"},
     "richkd_l": {"ce", "kd"},
     "richkd_f": {"ce", "feat"},
@@ -291,10 +295,14 @@ def test_describe_strings() -> None:
     assert d["vanilla"].describe() == "Loss = 1.0*CE"
     assert d["kd"].describe() == "Loss = 0.1*CE + 0.9*KD(T=4.0)"
     assert d["dkd"].describe() == "Loss = 1.0*CE + 1.0*DKD(alpha=1.0, beta=8.0, T=4.0, warmup=0.25)"
-    assert d["crd"].describe() == "Loss = 1.0*CE + 0.8*CRD(K=16, tau=0.07, momentum=0.5, dim=4)"
+    assert d["crd"].describe() == (
+        "Loss = 1.0*CE + 0.8*CRD(K=16, tau=0.07, momentum=0.5, dim=4, negatives with replacement)"
+    )
+    assert d["crd_distinct"].describe() == "Loss = 1.0*CE + 0.8*CRD(K=16, tau=0.07, momentum=0.5, dim=4)"
     assert d["richkd_l"].describe() == "Loss = 1.0*CE + 3.0*KD(T=3.0)"
     assert d["richkd"].describe() == (
-        "Loss = 1.0*CE + 3.0*KD(T=3.0) + 0.8*CRD(K=16, tau=0.07, momentum=0.5, dim=4, fused lambda=0.7)"
+        "Loss = 1.0*CE + 3.0*KD(T=3.0) + 0.8*CRD(K=16, tau=0.07, momentum=0.5, dim=4, fused lambda=0.7, "
+        "negatives with replacement)"
     )
 
 

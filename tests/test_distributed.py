@@ -68,6 +68,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> dict[
         "model.teacher=resnet8",
         f"model.teacher_checkpoint={teacher}",
         "distill.method=richkd",
+        "fusion.mode=vlm",
         "distill.nce_k=64",
         f"vlm.cache={base / 'cache'}",
     ]
@@ -188,6 +189,7 @@ def test_sync_bn_memory_bank_and_buffers_match_one_process() -> None:
 def test_unused_projection_is_declared_to_ddp() -> None:
     base = [
         "distill.method=richkd",
+        "fusion.mode=vlm",
         "model.teacher=resnet8",
         "model.teacher_checkpoint=t.pt",
         "vlm.cache=c",

@@ -245,8 +245,8 @@ def test_subset_cache_serves_the_same_subset_only(
     teacher = tmp_path / "teacher.pt"
     _save_resnet8(teacher, tiny_cifar10)
     distil = [*COMMON, f"data.root={tiny_cifar10}", f"data.cache_dir={tmp_path / 'dc'}", "model.teacher=resnet8",
-              f"model.teacher_checkpoint={teacher}", "distill.method=richkd", "distill.nce_k=16",
-              f"vlm.cache={cache}"]
+              f"model.teacher_checkpoint={teacher}", "distill.method=richkd", "fusion.mode=vlm",
+              "distill.nce_k=16", f"vlm.cache={cache}"]
     code, _, err = run(["train", *distil, "data.train_limit=40", f"out_dir={tmp_path / 'ok'}"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "ok" / "run.json").read_text())["target_cache"]["subset_limit"] == 40

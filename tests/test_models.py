@@ -1,4 +1,5 @@
-"""The CIFAR zoo: every registered model honours the ModelOutput contract and matches the CRD zoo's size."""
+"""The model zoo (CIFAR and ImageNet): every registered model honours the ModelOutput contract and matches its
+reference size."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ EXACT_PARAMS_100 = {
     "shufflev1": 949_258,
     "shufflev2": 1_355_528,
     "resnet50": 23_705_252,
+    # ImageNet models at 100 classes (their 1000-class counts are checked in test_imagenet.py)
+    "resnet18_imagenet": 11_227_812,
+    "resnet34_imagenet": 21_335_972,
+    "resnet50_imagenet": 23_712_932,
+    "mobilenetv1_imagenet": 3_309_476,
 }
 
 # METHOD.md section 8, in millions: the published sizes the zoo must reproduce within 1 %.
@@ -64,6 +70,10 @@ METHOD_POOLED_WIDTH = {
     "shufflev1": 960,
     "shufflev2": 1024,
     "resnet50": 2048,
+    "resnet18_imagenet": 512,
+    "resnet34_imagenet": 512,
+    "resnet50_imagenet": 2048,
+    "mobilenetv1_imagenet": 1024,
 }
 
 ALL_NAMES = model_names()
@@ -118,8 +128,9 @@ def test_pooled_width_matches_method_table(name: str) -> None:
     assert create_model(name, 100).feature_dim == METHOD_POOLED_WIDTH[name]
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if n not in ("resnet34_imagenet", "resnet50_imagenet")])
 def test_channels_last_under_bf16_autocast(name: str) -> None:
+    """bf16 is ~9x slower than fp32 on CPUs without AMX: the two largest ImageNet nets add no layer type here."""
     model = create_model(name, NUM_CLASSES).eval().to(memory_format=torch.channels_last)
     images = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

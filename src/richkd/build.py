@@ -17,18 +17,21 @@ from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfi
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
 from richkd.data.subset import subset
+from richkd.data.views import exact_view_names, plain_view_id
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker
 from richkd.engine.checkpoint import load_model_file
 from richkd.engine.device import bf16_is_fast
 from richkd.engine.fold import fold_batchnorm
+from richkd.engine.io import file_sha256
 from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import create_model
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.teachers.target_cache import TargetCache
+from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -82,81 +85,149 @@ def open_cache(cfg: RunConfig, train: ArrayDataset, device: torch.device) -> Tar
 def build_distiller(
     cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: ArrayDataset
 ) -> Distiller:
+    """The method's loss. Fusion is the teacher side's business: logits arrive fused from the target source, and a
+    feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given)."""
     d = cfg.distill
     if isinstance(d, VanillaConfig):
         return Vanilla(ce_weight=d.ce_weight)
     if isinstance(d, KDConfig):
-        return KD(temperature=d.temperature, kd_weight=d.kd_weight, ce_weight=d.ce_weight)
+        return KD(
+            temperature=d.temperature,
+            kd_weight=d.kd_weight,
+            ce_weight=d.ce_weight,
+            standardize=d.logit_standardize,
+        )
     if isinstance(d, DKDConfig):
         warmup = d.warmup_epochs / cfg.train.epochs
         return DKD(
-            ce_weight=d.ce_weight, alpha=d.alpha, beta=d.beta, temperature=d.temperature, warmup=warmup
+            ce_weight=d.ce_weight,
+            alpha=d.alpha,
+            beta=d.beta,
+            temperature=d.temperature,
+            warmup=warmup,
+            standardize=d.logit_standardize,
         )
-
-    def crd_loss(clip: int | None, lam: float | None) -> Any:
-        assert isinstance(d, (CRDConfig, RichKDConfig))
-        return build_crd_loss(
+    assert isinstance(d, (CRDConfig, RichKDConfig))
+    feature_weight = d.crd_weight if isinstance(d, CRDConfig) else d.feat_weight
+    crd = None
+    if feature_weight > 0:
+        fused = cfg.fusion.mode == "vlm"  # the control fuses nothing: the target is the projected teacher feature
+        crd = build_crd_loss(
             student_dim=student_dim,
             teacher_dim=teacher_dim,
-            clip_dim=clip,
-            feature_lambda=lam,
+            clip_dim=clip_dim if fused else None,
+            feature_lambda=cfg.feature_lambda if fused else None,
             embed_dim=d.embed_dim,
             n_data=len(train),
             labels=train.labels,
             nce_k=d.nce_k,
             nce_t=d.nce_t,
             momentum=d.momentum,
+            distinct=d.negatives == "distinct",
         )
-
     if isinstance(d, CRDConfig):
         return CRD(
             ce_weight=d.ce_weight,
             crd_weight=d.crd_weight,
-            crd=crd_loss(None, None),
+            crd=crd,
             kd_weight=d.kd_weight,
             temperature=d.temperature,
+            standardize=d.logit_standardize,
         )
-    assert isinstance(d, RichKDConfig)
-    crd = None
-    if d.feat_weight > 0:
-        # The teacher-only control fuses nothing: the contrastive target is the projected teacher feature.
-        crd = crd_loss(clip_dim, cfg.feature_lambda) if cfg.fusion.use_vlm else crd_loss(None, None)
     return RichKD(
         ce_weight=d.ce_weight,
         kd_weight=d.kd_weight,
         feat_weight=d.feat_weight,
         temperature=d.temperature,
         crd=crd,
+        standardize=d.logit_standardize,
     )
+
+
+def open_teacher_cache(
+    cfg: RunConfig, train: ArrayDataset, run_rows: Tensor | None, device: torch.device
+) -> CachedTeacher:
+    """The teacher cache of model.teacher_cache, checked against the run's teacher, data, crops and normalisation."""
+    assert cfg.model.teacher_cache and cfg.model.teacher and cfg.model.teacher_checkpoint
+    cache = TeacherCache.open(cfg.model.teacher_cache)
+    cache.validate(
+        arch=cfg.model.teacher, checkpoint_sha256=file_sha256(Path(cfg.model.teacher_checkpoint)),
+        dataset=train.name, split=train.split, n_rows=len(train), class_names=train.classes, pad=cfg.data.pad,
+        mean=train.mean, std=train.std,
+    )
+    if cfg.vlm.cache and cfg.fusion.mode == "vlm" and cfg.vlm.view_mode == "matched" and not is_exact(cfg):
+        raise RichKDError(
+            "model.teacher_cache serves the crop/flip the student drew, which a vlm cache of random views cannot: "
+            "rebuild the vlm cache with `richkd vlm cache --views all` or use vlm.view_mode=plain"
+        )
+    row_map = cache.cache_rows(train.labels, run_rows)
+    if cache.fits(device):
+        cache.to_device(device)
+    elif device.type == "cuda":
+        raise RichKDError(
+            f"teacher cache {cfg.model.teacher_cache} ({cache.meta.nbytes / 2**30:.1f} GiB) does not fit in free GPU "
+            "memory: build it for a subset (--limit) or run without model.teacher_cache"
+        )
+    else:
+        log.warning("teacher cache %s (%.1f GiB) exceeds half the free memory: serving it from disk",
+                    cfg.model.teacher_cache, cache.meta.nbytes / 2**30)
+    return CachedTeacher(cache, None if row_map is None else row_map.to(device))
+
+
+def is_exact(cfg: RunConfig) -> bool:
+    """Whether vlm.cache holds every view of the exact crop/flip family (`richkd vlm cache --views all`)."""
+    if not cfg.vlm.cache:
+        return False
+    from richkd.teachers.target_cache import read_meta
+
+    meta = read_meta(cfg.vlm.cache)
+    return meta.view_names == exact_view_names(meta.pad)
 
 
 def build_targets(
     cfg: RunConfig, train: ArrayDataset, run_rows: Tensor | None, device: torch.device
-) -> tuple[TargetSource | None, nn.Module | None, TargetCache | None, Tensor | None]:
+) -> tuple[TargetSource | None, nn.Module | CachedTeacher | None, TargetCache | None, Tensor | None]:
     """(targets, teacher, cache, cache_row_map); `train` is the whole split, `run_rows` the subset trained on.
 
     cache_row_map[i] is the cache row of training row i (None: the same row), so a cache of the whole split and a
-    cache built for exactly the run's subset (`richkd vlm cache --limit N`) both serve a subset run.
+    cache built for exactly the run's subset (`richkd vlm cache --limit N`) both serve a subset run. The teacher is
+    run online, or looked up in model.teacher_cache (then batches carry exact view ids, see `exact_views`).
     """
     if isinstance(cfg.distill, VanillaConfig):
         return None, None, None, None
-    teacher = build_teacher(cfg, train.classes, device)
-    online = OnlineTeacher(teacher)
-    if not isinstance(cfg.distill, RichKDConfig):
-        return online, teacher, None, None
-    cache = open_cache(cfg, train, device) if cfg.fusion.use_vlm else None
+    teacher: nn.Module | CachedTeacher
+    source: TargetSource
+    if cfg.model.teacher_cache:
+        teacher = source = open_teacher_cache(cfg, train, run_rows, device)
+    else:
+        teacher = build_teacher(cfg, train.classes, device)
+        source = OnlineTeacher(teacher)
+    mode = cfg.fusion.mode
+    if mode == "off":
+        return source, teacher, None, None
+    cache = open_cache(cfg, train, device) if mode == "vlm" else None
     row_map = cache.cache_rows(train.labels, run_rows) if cache is not None else None
     if row_map is not None:
         row_map = row_map.to(device)
+    vlm_view = None
+    if cache is not None and cfg.vlm.view_mode == "plain":
+        vlm_view = plain_view_id(cache.meta.pad) if is_exact(cfg) else 0
     fused = FusedTargets(
-        online,
+        source,
         cache,
         logit_alpha=cfg.fusion.logit_alpha,
         vlm_logit_scale=cfg.vlm.logit_scale,
-        use_vlm=cfg.fusion.use_vlm,
+        use_vlm=mode == "vlm",
         row_map=row_map,
+        vlm_view=vlm_view,
     )
     return fused, teacher, cache, row_map
+
+
+def exact_views(cfg: RunConfig, cache: TargetCache | None) -> bool:
+    """Batches carry exact view ids (richkd.data.views) when a teacher cache or an all-views vlm cache serves them."""
+    matched_exact = cache is not None and cfg.vlm.view_mode == "matched" and is_exact(cfg)
+    return (bool(cfg.model.teacher_cache) and not isinstance(cfg.distill, VanillaConfig)) or matched_exact
 
 
 def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str, Any]]:
@@ -199,7 +270,8 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         gamma=o.gamma,
         warmup_epochs=o.warmup_epochs,
     )
-    matched = cache is not None and cfg.vlm.view_mode == "matched"
+    exact = exact_views(cfg, cache)
+    matched = cache is not None and cfg.vlm.view_mode == "matched" and not exact
     batches = BatchMaker(
         DeviceData(train, device),
         mean=train.mean,
@@ -210,6 +282,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         n_views=cache.n_views if matched and cache else 1,
         view_aug=cache.aug_params if matched and cache else None,
         row_map=cache_row_map,
+        exact_views=exact,
     )
     t = cfg.train
     parts = FitParts(
@@ -244,10 +317,12 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         "threads": torch.get_num_threads(),
         "bf16": resolve_bf16(cfg.train.bf16, device),
         "loss": distiller.describe(),
+        "teacher_targets": describe_targets(cfg, distiller),
         "train_rows": len(train),
         "test_rows": len(test),
         "dataset_source": full_train.source,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
+        "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,
     }
     return parts, provenance
 
@@ -257,11 +332,28 @@ def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
     return bf16_is_fast(device) if setting == "auto" else bool(setting)
 
 
+def describe_targets(cfg: RunConfig, distiller: Distiller) -> str | None:
+    """What the student is distilled from, in one line: exactly what was fused, and where (provenance)."""
+    if not distiller.needs_teacher:
+        return None
+    alpha, mode = cfg.fusion.logit_alpha, cfg.fusion.mode
+    if mode == "off":
+        logits, features = "z_T", "f_T"
+    elif mode == "control":
+        logits, features = f"{alpha}*z_T (control: no vision-language term)", "f_T (control)"
+    else:
+        s = cfg.vlm.logit_scale
+        logits = f"z_F = {alpha}*z_T + {round(1 - alpha, 6)}*{s}*z_C (cache {cfg.vlm.cache}, views {cfg.vlm.view_mode})"
+        features = f"f_F = normalize({cfg.feature_lambda}*P_T f_T + {round(1 - cfg.feature_lambda, 6)}*P_C f_C)"
+    has_features = getattr(distiller, "crd", None) is not None
+    return f"logits: {logits}" + (f"; features: {features}" if has_features else "")
+
+
 def leaves_parameter_unused(cfg: RunConfig) -> bool:
     """Feature fusion with lambda = 0 or 1 never evaluates one of its projections (DDP must be told)."""
     d = cfg.distill
-    fuses = isinstance(d, RichKDConfig) and d.feat_weight > 0 and cfg.fusion.use_vlm
-    return fuses and cfg.feature_lambda in (0.0, 1.0)
+    weight = d.feat_weight if isinstance(d, RichKDConfig) else d.crd_weight if isinstance(d, CRDConfig) else 0.0
+    return weight > 0 and cfg.fusion.mode == "vlm" and cfg.feature_lambda in (0.0, 1.0)
 
 
 def git_sha() -> str | None:

@@ -33,9 +33,11 @@ def _setup(threads: int | None, verbose: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from richkd.config import load_config
+    from richkd.config import load_config_with_layers
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, layers = load_config_with_layers(
+        args.config, args.overrides, dataset=args.dataset, pair=args.pair, method=args.method
+    )
     _setup(cfg.train.threads, verbose=True)
     run_dir = Path(cfg.out_dir)
     _check_run_dir(run_dir, resume=args.resume)
@@ -47,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_device(cfg.train.device, "train.device")
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     try:
-        return _train(cfg, run_dir, resume=args.resume)
+        return _train(cfg, run_dir, resume=args.resume, layers=layers)
     except (RichKDError, KeyboardInterrupt):
         _remove_unstarted_run(run_dir, before)
         has_ckpt = (run_dir / "checkpoint.pt").exists()
@@ -109,7 +111,7 @@ def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
         run_dir.rmdir()
 
 
-def _train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> int:
+def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str] | None = None) -> int:
     from richkd.build import build_fit
     from richkd.config import dump_config
     from richkd.engine import dist
@@ -119,7 +121,10 @@ def _train(cfg: RunConfig, run_dir: Path, *, resume: bool) -> int:
     torch.manual_seed(cfg.seed)
     device = dist.init_from_env(cfg.train.device)
     parts, provenance = build_fit(cfg, device)
+    provenance["config_layers"] = layers or []
     log.info("%s", provenance["loss"])
+    if provenance["teacher_targets"]:
+        log.info("teacher targets: %s", provenance["teacher_targets"])
     if dist.is_main():
         write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
         write_json_atomic(run_dir / "run.json", provenance)
@@ -145,17 +150,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out is not None:
         check_writable(out.parent, "--out")
     path = Path(args.checkpoint)
-    _, info = read_model_file(path)
-    arch = args.arch or info.get("arch")
-    if arch is None:
-        raise RichKDError(f"{path} does not record its architecture: pass --arch")
-    ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
-    model = create_model(arch, len(ds.classes))
-    load_model_file(path, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
+    arch: str | None
+    if path.suffix == ".safetensors":  # an exported model: weights + model card, no training files needed
+        from richkd.export.load import load_exported
+
+        exported = load_exported(path)
+        arch, model, mean, std = exported.arch, exported.module, exported.spec.mean, exported.spec.std
+        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+        if exported.classes != ds.classes:
+            raise RichKDError(f"{path}'s model card lists other classes (or another order) than {ds.name}")
+    else:
+        _, info = read_model_file(path)
+        arch = args.arch or info.get("arch")
+        if arch is None:
+            raise RichKDError(f"{path} does not record its architecture: pass --arch")
+        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+        model = create_model(arch, len(ds.classes))
+        load_model_file(path, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
+        mean, std = ds.mean, ds.std
+    assert model is not None
     print(f"evaluating {arch} on {ds.name}/{ds.split} ({len(ds)} images, {device}) ...", file=sys.stderr, flush=True)
-    metrics = evaluate_model(
-        model.to(device), DeviceData(ds, device), mean=ds.mean, std=ds.std, batch_size=args.batch_size
-    )
+    metrics = evaluate_model(model.to(device), DeviceData(ds, device), mean=mean, std=std, batch_size=args.batch_size)
     result = {
         "checkpoint": str(path),
         "arch": arch,
@@ -178,7 +193,22 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "keys":
         print(describe_keys(), end="")
         return 0
-    print(dump_config(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides, dataset=args.dataset, pair=args.pair, method=args.method)
+    print(dump_config(cfg), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from richkd.recipes import PAIRS, dataset_names, method_names
+
+    print("datasets (--dataset):", ", ".join(dataset_names()))
+    print("methods  (--method): ", ", ".join(method_names()))
+    print("pairs    (--pair):   teacher-student; lr = student lr when it differs from the recipe's")
+    print(f"  {'pair':<24} {'family':<6} {'dims T/S':>10} {'lr':>5} {'DKD beta':>8}  source")
+    for pair in PAIRS.values():
+        lr = "" if pair.lr is None else f"{pair.lr:g}"
+        dims = f"{pair.teacher_dim}/{pair.student_dim}"
+        print(f"  {pair.name:<24} {pair.family:<6} {dims:>10} {lr:>5} {pair.dkd_beta:>8g}  {pair.source}")
     return 0
 
 
@@ -194,11 +224,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 TRAIN_EPILOG = """\
-A run is a YAML config (-c) plus key=value overrides, e.g.
-  richkd train -c configs/cifar10/kd/resnet56_resnet20.yaml data.root=PATH train.epochs=2 out_dir=runs/try
-`richkd config show -c CONFIG [overrides]` prints the resolved config; every key:
+A run is composed from built-in layers (--dataset, --method, --pair; `richkd recipes` lists them), an optional
+YAML file (-c, whose `base:` list may name the same layers) and key=value overrides, e.g.
+  richkd train --dataset cifar100 --pair resnet32x4-resnet8x4 --method dkd data.root=PATH
+  richkd train --dataset cifar10-reduced --pair resnet56-resnet20 --method kd-ls fusion.mode=vlm data.root=PATH
+`richkd config show [same arguments]` prints the resolved config; every key:
 
 """
+
+
+def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dataset/--pair/--method: the built-in config layers (`richkd recipes` lists them)."""
+    parser.add_argument("--dataset", help="dataset recipe, e.g. cifar100 (default with --pair/--method and no -c)")
+    parser.add_argument("--pair", help="teacher-student pair, e.g. resnet32x4-resnet8x4 (a single model for teacher)")
+    parser.add_argument("--method", help="method preset, e.g. kd, dkd, crd, richkd-lf, control, dkd-fusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,14 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a teacher or distil a student", epilog=TRAIN_EPILOG + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("-c", "--config", help="YAML config (configs/...); omitted = defaults")
+    train.add_argument("-c", "--config", help="YAML config, applied over the --dataset/--method/--pair layers")
+    add_layer_arguments(train)
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 (keys below)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
     )
     train.set_defaults(func=cmd_train, interrupt_hint="continue with the same command plus --resume")
     ev = sub.add_parser("eval", help="evaluate a model file on a dataset split")
-    ev.add_argument("--checkpoint", required=True, help="model_best.pt / model_last.pt of a run")
+    ev.add_argument("--checkpoint", required=True, help="model_best.pt / model_last.pt of a run, or an exported "
+                    "model.safetensors (its model_card.json beside it)")
     ev.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
     ev.add_argument("--root", default=None, help="dataset root (folder or archive)")
     ev.add_argument("--split", default="test")
@@ -232,17 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)
+    recipes = sub.add_parser("recipes", help="list the built-in datasets, methods and teacher-student pairs")
+    recipes.set_defaults(func=cmd_recipes)
     config = sub.add_parser("config", help="print the resolved config of a run, or every config key")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="show | keys")
     show = config_sub.add_parser("show", help="the fully resolved config (every key, defaults filled in)")
     show.add_argument("-c", "--config", help="YAML config; omitted = defaults")
+    add_layer_arguments(show)
     show.add_argument("overrides", nargs="*", help="key=value overrides")
     config_sub.add_parser("keys", help="every config key with its type, default and meaning")
     config.set_defaults(func=cmd_config)
     from richkd.cli_analysis import add_analysis_parsers
     from richkd.cli_demo import add_demo_parser
+    from richkd.cli_export import add_export_parsers
     from richkd.cli_report import add_report_parser
     from richkd.cli_robustness import add_robustness_parser
+    from richkd.cli_study import add_study_parser
+    from richkd.cli_teacher import add_teacher_parser
     from richkd.cli_vlm import add_vlm_parser
 
     add_demo_parser(sub)
@@ -250,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis_parsers(sub)
     add_robustness_parser(sub)
     add_report_parser(sub)
+    add_export_parsers(sub)
+    add_study_parser(sub)
+    add_teacher_parser(sub)
     return parser
 
 

@@ -64,7 +64,10 @@ def add_vlm_parser(subparsers: Any) -> None:
     _add_data_args(cache, "train")
     _add_teacher_args(cache)
     cache.add_argument("--out", required=True, help="cache directory")
-    cache.add_argument("--views", type=int, default=0, help="number of random crop/flip views beyond plain/flip")
+    cache.add_argument("--views", type=_views_arg, default=0,
+                       help="number of random crop/flip views beyond plain/flip, or `all`: every crop offset x flip "
+                       "(162 at pad 4; --batch-size then counts images), served exactly with vlm.view_mode=matched")
+    cache.add_argument("--pad", type=int, default=4, help="random-crop padding of the runs it serves (data.pad)")
     cache.add_argument("--no-flip", dest="include_flip", action="store_false", help="omit the mirrored view")
     cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
     cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
@@ -77,6 +80,15 @@ def add_vlm_parser(subparsers: Any) -> None:
     fit.add_argument("--all-views", action="store_true", help="fit on every cached view, not just the plain one")
     fit.add_argument("--out", default=None, help="write the result as JSON here")
     fit.set_defaults(func=cmd_fit_scale, interrupt_hint="nothing was written")
+
+
+def _views_arg(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--views takes a number or `all`, not {value!r}") from None
 
 
 def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | None]:
@@ -172,10 +184,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     ds, rows = _load_data(args)
     vlm, templates = _load_teacher(args)
     t0 = time.perf_counter()
+    exact = args.views == "all"
     out = build_target_cache(
-        vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names, n_aug_views=args.views,
-        include_flip=args.include_flip, batch_size=args.batch_size, seed=args.seed, bf16=args.bf16,
-        device=args.device, subset=rows, checkpoint_seconds=args.checkpoint_every,
+        vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names,
+        n_aug_views=0 if exact else args.views, include_flip=args.include_flip, batch_size=args.batch_size,
+        seed=args.seed, bf16=args.bf16, device=args.device, subset=rows, checkpoint_seconds=args.checkpoint_every,
+        exact_views=exact, pad=args.pad,
     )
     print(f"target cache {out}: {ds.name}/{ds.split}, {len(ds)} rows, teacher {vlm.label} "
           f"({time.perf_counter() - t0:.1f} s)")

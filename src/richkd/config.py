@@ -1,6 +1,8 @@
-"""Typed run configuration: frozen dataclasses, loaded from YAML + `key=value` overrides, validated once.
+"""Typed run configuration: frozen dataclasses, loaded from composed YAML layers + `key=value` overrides,
+validated once.
 
-This is the only module that reads YAML. Everything below `build.py` takes plain values.
+This module and `richkd.recipes` (the layers) are the only readers of YAML. Everything below `build.py` takes
+plain values.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ModelConfig:
     student: str = "resnet8x4"  # zoo name of the student (`richkd models` lists them)
     teacher: str | None = None  # zoo name of the frozen CNN teacher
     teacher_checkpoint: str | None = None  # weights file written by `richkd train` (model_last.pt) or mdistiller
+    teacher_cache: str | None = None  # `richkd teacher cache` output: look the teacher's outputs up per (row, crop,
+    # flip) instead of running it (same augmentation draws; needs the same checkpoint, data, pad)
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,15 @@ class VLMConfig:
     # whose crop/flip the student sees (needs a cache with augmented views)
 
 
+FusionMode = Literal["off", "vlm", "control"]
+
+
 @dataclass(frozen=True)
 class FusionConfig:
+    mode: FusionMode = "off"  # teacher side of any distiller: off = the teacher; vlm = fused with vlm.cache
+    # (z_F for logits, f_F for a feature term); control = alpha * z_T and teacher-only features (no VLM term)
     logit_alpha: float = 0.7  # alpha in z_F = alpha * z_T + (1 - alpha) * s * z_C
     feature_lambda: float | None = None  # lambda of feature fusion; None = logit_alpha (reference ties them)
-    use_vlm: bool = True  # False = the control "alpha * z_T only, no vision-language term"
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,8 @@ class KDConfig:
     method: Literal["kd"] = "kd"
     ce_weight: float = 0.1  # mdistiller's CIFAR weights: 0.1 CE + 0.9 KD
     kd_weight: float = 0.9  # weight of T^2 * KL(teacher || student)
-    temperature: float = 4.0  # T of the softened softmax
+    temperature: float = 4.0  # T of the softened softmax (the base temperature under logit_standardize)
+    logit_standardize: bool = False  # z-score student and teacher logits before T (Sun et al., CVPR 2024)
 
 
 @dataclass(frozen=True)
@@ -77,9 +86,10 @@ class DKDConfig:
     method: Literal["dkd"] = "dkd"
     ce_weight: float = 1.0  # weight of the cross-entropy on labels
     alpha: float = 1.0  # weight of TCKD (target-class KD), Zhao et al. CVPR 2022
-    beta: float = 8.0  # weight of NCKD (non-target-class KD)
-    temperature: float = 4.0  # T of the softened softmax
+    beta: float = 8.0  # weight of NCKD (non-target-class KD); per pair: `richkd recipes`
+    temperature: float = 4.0  # T of the softened softmax (the base temperature under logit_standardize)
     warmup_epochs: float = 20.0  # DKD's loss ramps up linearly over these epochs
+    logit_standardize: bool = False  # z-score student and teacher logits before T (Sun et al., CVPR 2024)
 
 
 @dataclass(frozen=True)
@@ -89,10 +99,13 @@ class CRDConfig:
     crd_weight: float = 0.8  # weight of the contrastive (CRD) loss
     kd_weight: float = 0.0  # optional KD term beside CRD (0 = CRD alone)
     temperature: float = 4.0  # T of the softened softmax
+    logit_standardize: bool = False  # z-score the KD term's logits before T (Sun et al., CVPR 2024)
     embed_dim: int = 128  # width of the contrastive embedding
     nce_k: int = 16384  # negatives per sample (from other classes)
     nce_t: float = 0.07  # NCE temperature
     momentum: float = 0.5  # memory-bank momentum
+    negatives: Literal["distinct", "replacement"] = "distinct"  # K distinct rows (reference) or drawn with
+    # replacement (cheaper at ImageNet scale, where duplicates are rare)
 
 
 @dataclass(frozen=True)
@@ -102,10 +115,12 @@ class RichKDConfig:
     kd_weight: float = 3.0  # w_logit; 0 = RichKD(F)
     feat_weight: float = 0.8  # w_feat; 0 = RichKD(L)
     temperature: float = 3.0  # T of the softened softmax
+    logit_standardize: bool = False  # z-score the KD term's logits before T (Sun et al., CVPR 2024)
     embed_dim: int = 128  # width of the contrastive embedding
     nce_k: int = 16384  # negatives per sample (from other classes)
     nce_t: float = 0.07  # NCE temperature
     momentum: float = 0.5  # memory-bank momentum
+    negatives: Literal["distinct", "replacement"] = "distinct"  # as distill.negatives of CRD
 
 
 DistillConfig = VanillaConfig | KDConfig | DKDConfig | CRDConfig | RichKDConfig
@@ -200,10 +215,18 @@ class RunConfig:
             raise RichKDError(
                 f"invalid config: method {d.method!r} needs model.teacher and model.teacher_checkpoint"
             )
-        if isinstance(d, RichKDConfig) and self.fusion.use_vlm and self.vlm.cache is None:
+        mode = self.fusion.mode
+        if isinstance(d, RichKDConfig) and mode == "off":
             raise RichKDError(
-                "invalid config: richkd needs vlm.cache (build one with `richkd vlm cache`), "
-                "or fusion.use_vlm=false for the teacher-only control"
+                "invalid config: richkd distils fused targets: set fusion.mode=vlm (with vlm.cache) or "
+                "fusion.mode=control (alpha*z_T); for the plain teacher use distill.method=kd or crd"
+            )
+        if mode != "off" and d.method == "vanilla":
+            raise RichKDError(f"invalid config: fusion.mode={mode} needs a teacher, but distill.method is vanilla")
+        if mode == "vlm" and self.vlm.cache is None:
+            raise RichKDError(
+                "invalid config: fusion.mode=vlm needs vlm.cache (build one with `richkd vlm cache`), "
+                "or fusion.mode=control for the teacher-only control"
             )
         if isinstance(d, (CRDConfig, RichKDConfig)) and (d.nce_k < 1 or d.embed_dim < 1):
             raise RichKDError("invalid config: distill.nce_k and distill.embed_dim must be >= 1")
@@ -249,6 +272,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         )
         raise RichKDError(f"invalid value for {key}: expected {options}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in args:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a bool
         if value not in args:
             raise RichKDError(f"invalid value for {key}: {value!r}; choose one of {list(args)}")
         return value
@@ -294,6 +319,11 @@ def _build_dataclass(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in set(raw) - set(names))
+    if cls is FusionConfig and "use_vlm" in unknown:
+        raise RichKDError(
+            "fusion.use_vlm was replaced by fusion.mode: use_vlm=true -> fusion.mode=vlm, "
+            "use_vlm=false -> fusion.mode=control"
+        )
     if unknown:
         where = prefix.rstrip(".") or "top level"
         raise RichKDError(
@@ -360,26 +390,38 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults), apply overrides, validate once."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RichKDError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise RichKDError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise RichKDError(f"config file {p} must hold a mapping at top level")
-        raw = loaded or {}
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    dataset: str | None = None,
+    pair: str | None = None,
+    method: str | None = None,
+) -> RunConfig:
+    """Compose the layers (built-in dataset/method/pair, then the YAML file), apply overrides, validate once."""
+    return load_config_with_layers(path, overrides, dataset=dataset, pair=pair, method=method)[0]
+
+
+def load_config_with_layers(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    dataset: str | None = None,
+    pair: str | None = None,
+    method: str | None = None,
+) -> tuple[RunConfig, list[str]]:
+    """`load_config` plus the names of the layers it stacked, in order (a run records them in run.json)."""
+    from richkd.recipes.compose import compose
+
+    raw, layers = compose(path, dataset=dataset, pair=pair, method=method)
     for key, value in parse_overrides(overrides):
         if key == "distill.method" and isinstance(raw.get("distill"), dict):
             # switching method drops the previous method's keys rather than failing on them
             raw["distill"] = {}
         _set_dotted(raw, key, value)
-    return config_from_dict(raw)
+    if overrides:
+        layers = [*layers, "overrides: " + " ".join(overrides)]
+    return config_from_dict(raw), layers
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Re-executes `richkd` with tcmalloc preloaded (when installed) and one thread setting for every library, and
 with `--nproc N > 1` under torchrun (one process per core group, DDP over gloo). Examples::
 
-    python -m richkd.launch -- train -c configs/cifar100/richkd/resnet32x4_resnet8x4_lf.yaml
+    python -m richkd.launch -- train --dataset cifar100 --pair resnet32x4-resnet8x4 --method richkd-lf
     python -m richkd.launch --nproc 2 --threads 8 -- train -c ... train.sync_bn=true
     python -m richkd.launch --dry-run -- train ...      # print what would run
 

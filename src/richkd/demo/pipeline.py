@@ -26,8 +26,9 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from richkd.demo.plan import SURROGATE_NAME, DemoPlan
-from richkd.demo.steps import StepRunner, check_settings
+from richkd.demo.steps import check_settings
 from richkd.errors import RichKDError
+from richkd.steps import StepRunner, call
 
 ARMS = ("vanilla", "kd", "alpha_zt_control", "richkd_lf")
 ARM_TITLES = {"vanilla": "student: vanilla (labels only)", "kd": "student: KD",
@@ -72,10 +73,10 @@ def arm_config(plan: DemoPlan, out: Path, arm: str) -> dict[str, Any]:
         raw["distill"] = {"method": "kd"}
     elif arm == "alpha_zt_control":
         raw["distill"] = richkd
-        raw["fusion"] = {"logit_alpha": plan.logit_alpha, "use_vlm": False}
+        raw["fusion"] = {"logit_alpha": plan.logit_alpha, "mode": "control"}
     elif arm == "richkd_lf":
         raw["distill"] = richkd
-        raw["fusion"] = {"logit_alpha": plan.logit_alpha, "use_vlm": True}
+        raw["fusion"] = {"logit_alpha": plan.logit_alpha, "mode": "vlm"}
         raw["vlm"] = {"cache": str(out / "caches" / "train"), "logit_scale": plan.vlm_logit_scale}
     else:
         raise ValueError(f"unknown arm {arm!r}")
@@ -95,27 +96,6 @@ def write_configs(plan: DemoPlan, out: Path) -> dict[str, Path]:
             write_text_atomic(path, text)
         paths[arm] = path
     return paths
-
-
-@functools.cache
-def _commands() -> argparse.ArgumentParser:
-    from richkd.cli_analysis import add_analysis_parsers
-    from richkd.cli_report import add_report_parser
-    from richkd.cli_robustness import add_robustness_parser
-    from richkd.cli_vlm import add_vlm_parser
-
-    parser = argparse.ArgumentParser(prog="richkd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_analysis_parsers, add_robustness_parser, add_report_parser, add_vlm_parser):
-        add(sub)
-    return parser
-
-
-def call(argv: list[str]) -> None:
-    """Run a richkd command in-process, as `richkd ARGV` would (RichKDError propagates)."""
-    args = _commands().parse_args(argv)
-    if args.func(args) != 0:
-        raise RichKDError(f"`richkd {' '.join(argv[:2])} ...` failed")
 
 
 def _bar(total: int, desc: str, unit: str = "it", initial: int = 0) -> tqdm[Any]:
@@ -165,7 +145,8 @@ def train_arm(run_dir: Path, config: Path, epochs: int, desc: str) -> None:
         shutil.rmtree(run_dir)
         resume = False
     with _epoch_bar(run_dir, epochs, desc):
-        cmd_train(argparse.Namespace(config=str(config), overrides=[], resume=resume))
+        args = argparse.Namespace(config=str(config), overrides=[], resume=resume, dataset=None, pair=None, method=None)
+        cmd_train(args)
 
 
 @functools.cache

@@ -27,6 +27,7 @@ __all__ = [
     "Distiller",
     "cross_entropy_term",
     "format_loss",
+    "kd_name",
     "require_teacher",
 ]
 
@@ -83,3 +84,8 @@ def require_teacher(teacher: TeacherTargets | None, method: str) -> TeacherTarge
 def format_loss(parts: list[tuple[float, str]]) -> str:
     """``[(1.0, "CE"), (0.0, "KD"), (3.0, "X")]`` -> ``"Loss = 1.0*CE + 3.0*X"`` (zero weights dropped)."""
     return "Loss = " + " + ".join(f"{weight}*{name}" for weight, name in parts if weight)
+
+
+def kd_name(temperature: float, standardize: bool) -> str:
+    """How a KD term reads in ``describe()``: ``KD(T=4.0)``, or ``LS-KD(T=2.0)`` with logit standardisation."""
+    return f"{'LS-' if standardize else ''}KD(T={temperature})"

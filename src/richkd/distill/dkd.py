@@ -20,11 +20,19 @@ class DKD(Distiller):
     Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022 (https://arxiv.org/abs/2203.08679).
     mdistiller ramps the DKD term over ``warmup_epochs`` (20 of 240 on CIFAR-100, i.e. warmup = 1/12);
     here ``warmup`` is that fraction of training in ``progress`` units, and 0 disables the ramp.
-    mdistiller CIFAR defaults: w_ce = 1, α = 1, β = 8, T = 4.
+    mdistiller CIFAR defaults: w_ce = 1, α = 1, β = 8, T = 4 (β per pair: ``richkd.recipes.pairs``).
+    ``standardize``: z-score both logits before T (LS-DKD, Sun et al. CVPR 2024).
     """
 
     def __init__(
-        self, *, ce_weight: float, alpha: float, beta: float, temperature: float, warmup: float
+        self,
+        *,
+        ce_weight: float,
+        alpha: float,
+        beta: float,
+        temperature: float,
+        warmup: float,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.ce_weight, self.alpha, self.beta = self.check_weights(
@@ -36,6 +44,7 @@ class DKD(Distiller):
             raise ValueError(f"warmup must be >= 0 (a fraction of training), got {warmup}")
         self.temperature = float(temperature)
         self.warmup = float(warmup)
+        self.standardize = bool(standardize)
         self.needs_teacher = bool(self.alpha or self.beta)
 
     def warmup_factor(self, progress: float) -> float:
@@ -53,11 +62,18 @@ class DKD(Distiller):
         if self.alpha or self.beta:
             teacher = require_teacher(teacher, "DKD")
             loss = dkd_loss(
-                student.logits, teacher.logits, batch.labels, self.alpha, self.beta, self.temperature
+                student.logits,
+                teacher.logits,
+                batch.labels,
+                self.alpha,
+                self.beta,
+                self.temperature,
+                standardize=self.standardize,
             )
             terms["dkd"] = self.warmup_factor(progress) * loss
         return terms
 
     def describe(self) -> str:
-        dkd = f"DKD(alpha={self.alpha}, beta={self.beta}, T={self.temperature}, warmup={self.warmup:.4g})"
+        ls = ", LS" if self.standardize else ""
+        dkd = f"DKD(alpha={self.alpha}, beta={self.beta}, T={self.temperature}, warmup={self.warmup:.4g}{ls})"
         return format_loss([(self.ce_weight, "CE"), (1.0 if self.alpha or self.beta else 0.0, dkd)])

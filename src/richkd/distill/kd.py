@@ -5,7 +5,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from richkd.data.batch import Batch
-from richkd.distill.base import DISTILLERS, Distiller, cross_entropy_term, format_loss, require_teacher
+from richkd.distill.base import (
+    DISTILLERS,
+    Distiller,
+    cross_entropy_term,
+    format_loss,
+    kd_name,
+    require_teacher,
+)
 from richkd.losses import kd_loss
 from richkd.models.output import ModelOutput
 from richkd.targets import TeacherTargets
@@ -19,14 +26,19 @@ class KD(Distiller):
 
     Hinton et al., 2015 (https://arxiv.org/abs/1503.02531); mdistiller CIFAR defaults: T = 4,
     w_ce = 0.1, w_kd = 0.9. ``teacher.logits`` may already be fused with CLIP logits (RichKD-L).
+    ``standardize``: z-score both logits before the base temperature T (LS-KD, Sun et al. CVPR 2024;
+    their CIFAR recipe: T = 2, w_kd = 9, w_ce = 0.1).
     """
 
-    def __init__(self, *, temperature: float, kd_weight: float, ce_weight: float) -> None:
+    def __init__(
+        self, *, temperature: float, kd_weight: float, ce_weight: float, standardize: bool = False
+    ) -> None:
         super().__init__()
         self.ce_weight, self.kd_weight = self.check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
+        self.standardize = bool(standardize)
         self.needs_teacher = self.kd_weight > 0
 
     def forward(
@@ -37,8 +49,9 @@ class KD(Distiller):
             terms["ce"] = self.ce_weight * cross_entropy_term(student, batch)
         if self.kd_weight:
             teacher = require_teacher(teacher, "KD")
-            terms["kd"] = self.kd_weight * kd_loss(student.logits, teacher.logits, self.temperature)
+            kd = kd_loss(student.logits, teacher.logits, self.temperature, standardize=self.standardize)
+            terms["kd"] = self.kd_weight * kd
         return terms
 
     def describe(self) -> str:
-        return format_loss([(self.ce_weight, "CE"), (self.kd_weight, f"KD(T={self.temperature})")])
+        return format_loss([(self.ce_weight, "CE"), (self.kd_weight, kd_name(self.temperature, self.standardize))])

@@ -12,6 +12,7 @@ from torch import Tensor
 from richkd.data.augment import CropFlip, apply_crop_flip, normalize, sample_crop_flip
 from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData
+from richkd.data.views import plain_view_id, view_ids
 
 AugLookup = Callable[[Tensor, Tensor], CropFlip]  # (cache rows, views) -> the crop/flip of that cached view
 
@@ -27,6 +28,12 @@ class BatchMaker:
     n_views: int = 1  # >1: serve a random cached view per sample and give the student that view's crop/flip
     view_aug: AugLookup | None = None
     row_map: Tensor | None = None  # subset row -> cache row
+    exact_views: bool = False  # views = exact view id (richkd.data.views) of each drawn crop/flip: served by a
+    # teacher cache or a `vlm cache --views all` cache; the random draws are the same as without it
+
+    def __post_init__(self) -> None:
+        if self.exact_views and self.n_views > 1:
+            raise ValueError("exact_views serves the drawn crop/flip; it cannot be combined with random cached views")
 
     def __call__(
         self, rows: Tensor, generator: torch.Generator | None, *, rank: int = 0, world_size: int = 1
@@ -50,6 +57,8 @@ class BatchMaker:
         rows = moved[0]
         images, labels = self.data.gather(rows)  # uint8 [B, 3, H, W], int64 [B]
         views = torch.zeros_like(rows)
+        if self.exact_views:
+            views = torch.full_like(rows, plain_view_id(self.pad))
         if self.augment:
             if view_aug is not None:
                 views = moved[1]
@@ -57,6 +66,8 @@ class BatchMaker:
                 params = view_aug(cache_rows, views)
             else:
                 params = CropFlip(moved[1], moved[2], moved[3].bool())
+                if self.exact_views:
+                    views = view_ids(params, self.pad)
             images = apply_crop_flip(images, params, pad=self.pad)
         x = normalize(images, self.mean, self.std, channels_last=self.channels_last)
         return Batch(images=x, labels=labels, indices=rows, views=views)

@@ -45,20 +45,30 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 
 def save_model(
-    path: Path, model: nn.Module, *, arch: str, num_classes: int, classes: tuple[str, ...]
+    path: Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    num_classes: int,
+    classes: tuple[str, ...],
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> None:
-    """Weights plus what is needed to rebuild and check them (architecture, class order)."""
+    """Weights plus what is needed to rebuild and check them (architecture, class order) and, when given, to
+    feed them (the training normalisation and input size): an image-folder run's stats exist nowhere else."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    _torch_save_atomic(
-        path,
-        {
-            "format": MODEL_FORMAT,
-            "arch": arch,
-            "num_classes": num_classes,
-            "classes": list(classes),
-            "model": state,
-        },
-    )
+    record: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "arch": arch,
+        "num_classes": num_classes,
+        "classes": list(classes),
+        "model": state,
+    }
+    for key, value in (("mean", mean), ("std", std), ("input_size", input_size)):
+        if value is not None:
+            record[key] = list(value)
+    _torch_save_atomic(path, record)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -74,7 +84,7 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     obj = _torch_load(path, "model checkpoint")
     info: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
-        info = {k: obj[k] for k in ("arch", "num_classes", "classes")}
+        info = {k: obj[k] for k in ("arch", "num_classes", "classes", "mean", "std", "input_size") if k in obj}
         state = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state = obj["model"]  # mdistiller / CRD teacher checkpoints
@@ -91,6 +101,15 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: Path, arch: str) -> None:
     """Strict load: any missing/unexpected key or shape mismatch is an error (the RichKD fork used strict=False)."""
     own = model.state_dict()
+    # Files saved before PyTorch 0.4.1 (torchvision's original ImageNet weights, which mdistiller loads) lack
+    # BatchNorm's num_batches_tracked counter; it holds no weights, so the module's own value stands in.
+    counter = ".num_batches_tracked"
+    legacy_bn = {
+        k: v
+        for k, v in own.items()
+        if k.endswith(counter) and k not in state and k.removesuffix(counter) + ".running_mean" in state
+    }
+    state = {**legacy_bn, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

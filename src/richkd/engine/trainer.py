@@ -227,6 +227,13 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _feed_info(parts: FitParts) -> dict[str, Any]:
+    """How the model was fed (normalisation, input size), saved with its weights so `richkd classify` and
+    `richkd export` need neither the dataset nor the config."""
+    height, width = parts.test_data.images.shape[2:]
+    return {"mean": parts.test_mean, "std": parts.test_std, "input_size": (int(height), int(width))}
+
+
 def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     """Train for `parts.schedule.epochs`; returns the summary also written to run_dir/summary.json."""
     device = parts.test_data.images.device
@@ -287,6 +294,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                         arch=parts.arch,
                         num_classes=len(parts.classes),
                         classes=parts.classes,
+                        **_feed_info(parts),
                     )
             last = metrics
         record["time/wall_s"] = wall
@@ -297,6 +305,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                 arch=parts.arch,
                 num_classes=len(parts.classes),
                 classes=parts.classes,
+                **_feed_info(parts),
             )
             save_training_state(
                 ckpt_path,

@@ -1,4 +1,5 @@
-"""The CIFAR model zoo of CRD / mdistiller, behind one registry: `create_model(name, num_classes)`.
+"""The CIFAR model zoo of CRD / mdistiller and its ImageNet models (`*_imagenet`), behind one registry:
+`create_model(name, num_classes)`.
 
 Every model is a `ZooModel` returning `ModelOutput(logits, pooled, stages)`, so any of them can be a
 teacher or a student. Importing this package registers all families (the only import side effect).
@@ -10,6 +11,7 @@ from richkd.errors import RichKDError
 from richkd.models import (  # noqa: F401  (imported to register their models)
     cifar_resnet,
     cifar_resnet50,
+    imagenet,
     mobilenetv2,
     shufflenet_v1,
     shufflenet_v2,

@@ -19,6 +19,7 @@ from richkd.report.sections.common import omitted
 from richkd.report.sections.cost import cost_section
 from richkd.report.sections.robustness import robustness_section
 from richkd.report.sections.runs import curves_section, summary_section, vlm_teacher_label
+from richkd.report.sections.study import study_section
 from richkd.report.tables import load_summaries
 
 SURROGATE_BANNER = (
@@ -59,14 +60,17 @@ def build_report(
     robustness: Path | None,
     cost: Path | None,
     title: str,
+    study: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """(self-contained HTML, Markdown) of the runs and whichever analysis files were given."""
+    """(self-contained HTML, Markdown) of the runs and whichever analysis files were given; `study` (a study's
+    results.json content, `richkd study`) opens the report with its results table and paired comparisons."""
     load_summaries(run_dirs)  # fail on an unfinished run before any figure is drawn
     analysis_obj = load_result(analysis, "analysis") if analysis is not None else None
     robustness_obj = load_result(robustness, "robustness") if robustness is not None else None
     cost_obj = load_result(cost, "cost") if cost is not None else None
 
-    sections: list[Section] = [summary_section(run_dirs), curves_section(run_dirs)]
+    sections: list[Section] = [] if study is None else [study_section(study)]
+    sections += [summary_section(run_dirs), curves_section(run_dirs)]
     if analysis_obj is not None:
         sections += [calibration_section(analysis_obj), quadrants_section(analysis_obj),
                      consistency_section(analysis_obj)]

@@ -1,6 +1,7 @@
 """Summaries of finished runs as tables: mean ± std over seeds of best- and last-epoch accuracy.
 
-Runs are grouped by directory name with a trailing `_s<seed>` removed. Also holds the one `Table` type every
+Runs are grouped by directory name with a trailing `_s<seed>` removed, or, for a study's `<arm>/s<seed>` run
+directories, by the arm's folder. Also holds the one `Table` type every
 report section uses, so Markdown and HTML show the same numbers. Imports no torch (cheap to run anywhere).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from richkd.errors import RichKDError
 
 _SEED_SUFFIX = re.compile(r"_s\d+$")
+_SEED_DIR = re.compile(r"s\d+")
 SUMMARY_KEYS = ("best_top1", "last_top1", "last_top5", "last_ece", "train_wall_s")
 
 
@@ -34,8 +36,17 @@ class Table:
 
 
 def group_name(run_dir: Path) -> str:
-    """The name shared by the seeds of one arm: `kd_s0`, `kd_s1` -> `kd`."""
+    """The name shared by the seeds of one arm: `kd_s0`, `kd_s1` -> `kd`; `kd/s0`, `kd/s1` -> `kd` (a study)."""
+    if _SEED_DIR.fullmatch(run_dir.name) and run_dir.parent.name:
+        return run_dir.parent.name
     return _SEED_SUFFIX.sub("", run_dir.name)
+
+
+def run_label(run_dir: Path) -> str:
+    """A run's own name: its directory's, or `kd_s0` for a study's `kd/s0`."""
+    if _SEED_DIR.fullmatch(run_dir.name) and run_dir.parent.name:
+        return f"{run_dir.parent.name}_{run_dir.name}"
+    return run_dir.name
 
 
 def _missing_summary_error(run: Path) -> RichKDError:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -24,8 +22,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from richkd.errors import RichKDError
+from richkd.teachers import chunked
 from richkd.teachers.prompts import check_templates, templates_sha256
-from richkd.teachers.target_cache import ARRAY_FILES, META_FILE, PROGRESS_FILE, CacheMeta, rows_sha256
+from richkd.teachers.target_cache import ARRAY_FILES, CacheMeta, rows_sha256
 from richkd.teachers.vlm import VisionLanguageTeacher
 from richkd.teachers.zero_shot import class_embeddings
 
@@ -41,6 +40,14 @@ PARAM_BLOCK = 65536  # aug params are drawn per block of rows, seeded by (seed, 
 def view_names(n_aug_views: int, include_flip: bool) -> tuple[str, ...]:
     """View 0 is the plain image, 1 its mirror (if included), then the random crop/flip views."""
     return ("plain",) + (("flip",) if include_flip else ()) + tuple(f"aug{k}" for k in range(n_aug_views))
+
+
+def _exact_params(pad: int) -> np.ndarray[Any, Any]:
+    """[V, 3] int16 (dx, dy, flip) of every view of the exact family (richkd.data.views order)."""
+    from richkd.data.views import exact_view_params
+
+    p = exact_view_params(pad)
+    return torch.stack([p.dx, p.dy, p.flip.long()], dim=-1).numpy().astype(np.int16)
 
 
 def _block_generator(seed: int, block: int) -> torch.Generator:
@@ -68,59 +75,13 @@ def _write_aug_params(arr: np.ndarray[Any, Any], *, n_aug: int, include_flip: bo
 
 def _meta_key(meta: CacheMeta) -> dict[str, Any]:
     """The fields that define a cache's content (not when or by which version it was made)."""
-    d = dataclasses.asdict(meta)
-    for k in ("created", "richkd_version"):
-        d.pop(k)
-    as_read: dict[str, Any] = json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
-    return as_read
+    return chunked.content_key(dataclasses.asdict(meta))
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(obj if isinstance(obj, str) else json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _check_existing(out: Path, expected: CacheMeta) -> int:
-    """Rows already done in `out` for this recipe (0 when fresh); n_rows if complete; raise on a mismatch."""
-    if (out / META_FILE).is_file():
-        done = CacheMeta.from_json((out / META_FILE).read_text())
-        if _meta_key(done) != _meta_key(expected):
-            raise RichKDError(
-                f"{out} already holds a target cache built differently: delete it or choose another --out"
-            )
-        return expected.n_rows
-    if (out / PROGRESS_FILE).is_file():
-        state = json.loads((out / PROGRESS_FILE).read_text())
-        if state.get("meta") != _meta_key(expected):
-            raise RichKDError(
-                f"{out} holds an unfinished build of a different recipe (teacher, prompts, views or data): "
-                "rerun that command to finish it, or delete the folder"
-            )
-        if all((out / name).is_file() for name in ARRAY_FILES):
-            return int(state["rows_done"])
-    elif out.exists() and any(p.name not in ARRAY_FILES for p in out.iterdir()):
-        # only our own arrays (a build stopped before its first checkpoint) may be overwritten
-        raise RichKDError(f"{out} exists and is not a target cache: choose another --out")
-    return -1  # fresh build
-
-
-def _open_arrays(out: Path, meta: CacheMeta, fresh: bool) -> dict[str, np.memmap[Any, Any]]:
+def _array_spec(meta: CacheMeta) -> chunked.ArraySpec:
     n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
     shapes = {"cosines.npy": (n, v, c), "image_emb.npy": (n, v, e), "aug_params.npy": (n, v, 3)}
-    mode = "w+" if fresh else "r+"
-    return {
-        name: np.lib.format.open_memmap(out / name, mode=mode, dtype=ARRAY_FILES[name][0],
-                                        shape=shape if fresh else None)
-        for name, shape in shapes.items()
-    }
-
-
-def _checkpoint(out: Path, arrays: dict[str, np.memmap[Any, Any]], meta: CacheMeta, rows_done: int) -> None:
-    """Data first, then the progress record: a crash in between only redoes rows, never skips them."""
-    for arr in arrays.values():
-        arr.flush()
-    _write_json_atomic(out / PROGRESS_FILE, {"meta": _meta_key(meta), "rows_done": rows_done})
+    return {name: (ARRAY_FILES[name][0], shape) for name, shape in shapes.items()}
 
 
 def _encode_batch(
@@ -159,13 +120,17 @@ def build_target_cache(
     progress: bool = True,
     checkpoint_seconds: float = 30.0,
     subset: SubsetRows | None = None,
+    exact_views: bool = False,
 ) -> Path:
     """Compute cosines and image embeddings of every row of `dataset` for each view into `out`; return `out`.
 
-    `batch_size` counts dataset rows (each row is encoded once per view). Every `checkpoint_seconds` (0: every
-    batch) the memory maps are flushed and progress.json advanced; an interrupted build resumes from there.
+    `batch_size` counts dataset rows (each row is encoded once per view), or images with `exact_views`. Every
+    `checkpoint_seconds` (0: every batch) the memory maps are flushed and progress.json advanced; an interrupted
+    build resumes from there.
     `subset` says which rows of the split `dataset` holds (`richkd.data.subset.limited`); it is recorded so a run
-    on the same stratified subset can use the cache.
+    on the same stratified subset can use the cache. `exact_views` caches every crop/flip of the family instead
+    (2 (2 pad + 1)^2 views in richkd.data.views order; `n_aug_views`, `include_flip` and `seed` are then unused),
+    so `vlm.view_mode=matched` serves exactly the view the student drew.
     """
     import richkd
 
@@ -173,7 +138,12 @@ def build_target_cache(
     templates = check_templates(templates)
     if n_aug_views < 0 or batch_size < 1:
         raise RichKDError("--views must be >= 0 and --batch-size >= 1")
-    names = view_names(n_aug_views, include_flip)
+    if exact_views:
+        from richkd.data.views import exact_view_names
+
+        names, n_aug_views, include_flip, seed = exact_view_names(pad), 0, False, 0
+    else:
+        names = view_names(n_aug_views, include_flip)
     class_emb = class_embeddings(vlm, dataset.classes, templates, clean_names=clean_names).to(device)  # [C, E]
     expected = CacheMeta(
         dataset=dataset.name, split=dataset.split, n_rows=len(dataset), class_names=tuple(dataset.classes),
@@ -184,26 +154,32 @@ def build_target_cache(
         subset_limit=subset.limit if subset else None, split_rows=subset.split_rows if subset else None,
         rows_sha256=rows_sha256(subset.rows) if subset else None,
     )
-    rows_done = _check_existing(out, expected)
+    key = _meta_key(expected)
+    rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="target cache", n_rows=expected.n_rows)
     if rows_done == expected.n_rows:
         log.info("%s is already complete for this recipe", out)
         return out
     fresh = rows_done < 0
     out.mkdir(parents=True, exist_ok=True)
-    arrays = _open_arrays(out, expected, fresh)
+    arrays = chunked.open_memmaps(out, _array_spec(expected), fresh=fresh)
     if fresh:
-        _write_aug_params(arrays["aug_params.npy"], n_aug=n_aug_views, include_flip=include_flip, pad=pad, seed=seed)
+        if exact_views:
+            arrays["aug_params.npy"][:] = _exact_params(pad)[None]
+        else:
+            _write_aug_params(arrays["aug_params.npy"], n_aug=n_aug_views, include_flip=include_flip, pad=pad,
+                              seed=seed)
         arrays["aug_params.npy"].flush()
         rows_done = 0
-        _write_json_atomic(out / PROGRESS_FILE, {"meta": _meta_key(expected), "rows_done": 0})
+        chunked.start(out, key)
     np.save(out / "class_emb.npy", class_emb.float().cpu().numpy())
     n = expected.n_rows
     log.info("building %s: %d rows x %d views with %s", out, n, len(names), vlm.label)
     last_checkpoint = time.monotonic()
+    step = -(-batch_size // len(names)) if exact_views else batch_size  # exact: batch_size counts images
     with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
                                       desc="target cache") as bar:
-        for start in range(rows_done, n, batch_size):
-            end = min(start + batch_size, n)
+        for start in range(rows_done, n, step):
+            end = min(start + step, n)
             params = torch.from_numpy(np.array(arrays["aug_params.npy"][start:end])).long()  # [b, V, 3]
             images = dataset.images[start:end].to(device, non_blocking=True)
             cos, emb = _encode_batch(vlm, images, params, pad, class_emb, bf16)
@@ -211,10 +187,9 @@ def build_target_cache(
             arrays["image_emb.npy"][start:end] = emb.numpy().astype(np.float16)
             bar.update(end - start)
             if time.monotonic() - last_checkpoint >= checkpoint_seconds or end == n:
-                _checkpoint(out, arrays, expected, end)
+                chunked.checkpoint(out, arrays, key, end)
                 last_checkpoint = time.monotonic()
     del arrays
     meta = dataclasses.replace(expected, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    _write_json_atomic(out / META_FILE, meta.to_json())
-    (out / PROGRESS_FILE).unlink()
+    chunked.finish(out, meta.to_json())
     return out

@@ -42,19 +42,22 @@ class OnlineTeacher:
 class FusedTargets:
     """z_F = alpha * z_T + (1 - alpha) * s * z_C with z_C looked up from a target cache by (row, view).
 
+    `teacher` is either source of z_T: an OnlineTeacher or a teacher cache (CachedTeacher). With exact view ids in
+    batch.views (a teacher cache in use), `vlm_view` says which cached view plain serving reads.
     With `use_vlm=False` it is the control the paper must be read against: alpha * z_T alone (the teacher
     at temperature T / alpha), no vision-language term and no cache read.
     """
 
     def __init__(
         self,
-        teacher: OnlineTeacher,
+        teacher: TargetSource,
         cache: TargetCache | None,
         *,
         logit_alpha: float,
         vlm_logit_scale: float,
         use_vlm: bool,
         row_map: Tensor | None = None,
+        vlm_view: int | None = None,
     ) -> None:
         if use_vlm and cache is None:
             raise ValueError("use_vlm=True needs a target cache")
@@ -64,6 +67,7 @@ class FusedTargets:
         self.vlm_logit_scale = vlm_logit_scale
         self.use_vlm = use_vlm
         self.row_map = row_map  # subset row -> cache row, when training on a subset of the cached split
+        self.vlm_view = vlm_view  # serve this cached view to every sample (None: batch.views)
 
     def cache_rows(self, indices: Tensor) -> Tensor:
         return indices if self.row_map is None else self.row_map[indices]
@@ -72,6 +76,7 @@ class FusedTargets:
         t = self.teacher(batch)
         if not self.use_vlm or self.cache is None:
             return TeacherTargets(logits=self.logit_alpha * t.logits, pooled=t.pooled, clip=None)
-        clip = self.cache.lookup(self.cache_rows(batch.indices), batch.views)
+        views = batch.views if self.vlm_view is None else torch.full_like(batch.views, self.vlm_view)
+        clip = self.cache.lookup(self.cache_rows(batch.indices), views)
         fused = fuse_logits(t.logits, clip.cosines, self.logit_alpha, self.vlm_logit_scale)  # [B, C]
         return TeacherTargets(logits=fused, pooled=t.pooled, clip=clip)

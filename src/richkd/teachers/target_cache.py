@@ -136,6 +136,40 @@ def rows_sha256(rows: Tensor) -> str:
     return hashlib.sha256(rows.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
 
 
+def map_cache_rows(
+    path: Path,
+    subset_limit: int | None,
+    held_sha256: str | None,
+    held_description: str,
+    split_labels: Tensor,
+    run_rows: Tensor | None,
+    *,
+    what: str,
+    rebuild: str,
+) -> Tensor | None:
+    """The cache row of each run row (`run_rows`: full-split ids, None = the whole split) for a cache of the whole
+    split (subset_limit None: the identity, returned as `run_rows`) or of a stratified subset pinned by its sha256."""
+    if subset_limit is None:
+        return run_rows
+    held = stratified_rows(split_labels, subset_limit)
+    if rows_sha256(held) != held_sha256:
+        raise RichKDError(
+            f"{what} {path} holds other rows than the stratified subset of this split "
+            f"(were the images or labels changed since it was built?): {rebuild}"
+        )
+    position = torch.full((len(split_labels),), -1, dtype=torch.int64)
+    position[held] = torch.arange(len(held))
+    wanted = run_rows.cpu() if run_rows is not None else torch.arange(len(split_labels))
+    mapped = position[wanted]
+    if bool((mapped < 0).any()):
+        limit = "" if run_rows is None else f" (a subset of {len(wanted)})"
+        raise RichKDError(
+            f"{what} {path} covers {held_description} but the run trains on rows outside it"
+            f"{limit}: build the cache with the same --limit as data.train_limit, or without --limit"
+        )
+    return mapped
+
+
 def _as_numpy(x: Tensor | np.ndarray[Any, Any], dtype: str) -> np.ndarray[Any, Any]:
     if isinstance(x, Tensor):
         x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
@@ -280,25 +314,10 @@ class TargetCache:
         does not hold, e.g. a cache built with `--limit 1000` for a run with `data.train_limit=10000`.
         """
         m = self.meta
-        if m.subset_limit is None:
-            return run_rows
-        held = stratified_rows(split_labels, m.subset_limit)
-        if rows_sha256(held) != m.rows_sha256:
-            raise RichKDError(
-                f"target cache {self.path} holds other rows than the stratified subset of this split "
-                f"(were the images or labels changed since it was built?): {_rebuild_hint(self.path)}"
-            )
-        position = torch.full((len(split_labels),), -1, dtype=torch.int64)
-        position[held] = torch.arange(len(held))
-        wanted = run_rows.cpu() if run_rows is not None else torch.arange(len(split_labels))
-        mapped = position[wanted]
-        if bool((mapped < 0).any()):
-            limit = "" if run_rows is None else f" (a subset of {len(wanted)})"
-            raise RichKDError(
-                f"target cache {self.path} covers {m.describe_rows()} but the run trains on rows outside it"
-                f"{limit}: build the cache with the same --limit as data.train_limit, or without --limit"
-            )
-        return mapped
+        return map_cache_rows(
+            self.path, m.subset_limit, m.rows_sha256, m.describe_rows(), split_labels, run_rows,
+            what="target cache", rebuild=_rebuild_hint(self.path),
+        )
 
     def to_device(self, device: torch.device | str) -> None:
         """Load every array onto `device` as tensors (embeddings as float32, re-normalised after fp16 storage)."""

@@ -11,7 +11,7 @@ from richkd.errors import RichKDError
 from richkd.report.document import FigureBlock, Paragraph, Section, TableBlock
 from richkd.report.figures import plot_training_curves
 from richkd.report.inputs import Curve, is_surrogate, load_curve
-from richkd.report.tables import Table, group_name, load_summaries, read_summary, summary_table
+from richkd.report.tables import Table, group_name, load_summaries, read_summary, run_label, summary_table
 
 
 def vlm_teacher_label(run: Path) -> str:
@@ -45,18 +45,18 @@ def summary_section(run_dirs: Sequence[Path]) -> Section:
     table = Table((*base.headers, "loss", "vision-language teacher"), rows)
     note = ("Best top-1 is the best test accuracy over epochs (the reference protocol selects it on the test set, "
             "so it is optimistic); last top-1 is the final epoch. ± is the sample standard deviation over the n "
-            "seeds (directories NAME_s<seed> are grouped).")
+            "seeds (directories NAME_s<seed> and NAME/s<seed> are grouped).")
     return Section("Summary", "summary", [TableBlock(table, "Accuracy of the runs"), Paragraph(note)])
 
 
 def curves_section(run_dirs: Sequence[Path]) -> Section:
     """Test top-1 and train loss vs epoch for every run that kept its metrics.jsonl."""
-    names = [run.name for run in run_dirs]
+    names = [run_label(run) for run in run_dirs]
     curves: dict[str, Curve] = {}
     missing = []
     for run in run_dirs:
         curve = load_curve(run)
-        label = run.name if names.count(run.name) == 1 else str(run)
+        label = run_label(run) if names.count(run_label(run)) == 1 else str(run)
         if curve is None:
             missing.append(label)
         else:

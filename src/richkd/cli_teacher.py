@@ -1,0 +1,87 @@
+"""`richkd teacher cache`: a frozen CNN teacher's outputs for every (row, view) of a split, computed once.
+
+Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main`, which prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def add_teacher_parser(subparsers: Any) -> None:
+    """Register `richkd teacher ...` on the main CLI's subparsers."""
+    teacher = subparsers.add_parser("teacher", help="frozen CNN teacher: the view-complete teacher cache")
+    sub = teacher.add_subparsers(dest="teacher_command", required=True)
+    cache = sub.add_parser(
+        "cache", help="logits and pooled features of every row x crop/flip view (serve with model.teacher_cache)"
+    )
+    cache.add_argument("--checkpoint", required=True, help="teacher model file (model_last.pt)")
+    cache.add_argument("--arch", required=True, help="teacher architecture (zoo name, as model.teacher)")
+    cache.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
+    cache.add_argument("--root", default=None, help="dataset root (folder or archive)")
+    cache.add_argument("--cache-dir", default=None, help="where decoded image-folder arrays are kept (data.cache_dir)")
+    cache.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
+    cache.add_argument("--split", default="train")
+    cache.add_argument("--limit", type=int, default=None,
+                       help="a stratified subset of N rows (the first N/C per class, as data.train_limit=N)")
+    cache.add_argument("--pad", type=int, default=4, help="random-crop padding of the runs it serves (data.pad)")
+    cache.add_argument("--out", required=True, help="cache directory")
+    cache.add_argument("--batch-size", type=int, default=1024, help="images (views) per teacher forward")
+    cache.add_argument("--bf16", action="store_true",
+                       help="bf16 teacher forward (faster with AMX; targets then differ from an fp32 online teacher)")
+    cache.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the teacher in NHWC (faster for convolutions on CPU and GPU)")
+    cache.add_argument("--device", default="cpu")
+    cache.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                       help="save progress this often (0: after every chunk); a killed build resumes from there")
+    cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from richkd.data import load_dataset
+    from richkd.data.subset import limited
+    from richkd.engine.checkpoint import load_model_file
+    from richkd.engine.device import check_device
+    from richkd.engine.fold import fold_batchnorm
+    from richkd.engine.io import check_writable, file_sha256
+    from richkd.errors import RichKDError
+    from richkd.models import create_model
+    from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache
+
+    out = Path(args.out)
+    check_writable(out, "--out")
+    device = check_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.pad < 0:
+        raise RichKDError(f"--pad must be >= 0 (got {args.pad})")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    full = load_dataset(args.dataset, args.root, args.split, download=args.download, cache_dir=cache_dir)
+    ds, rows = limited(full, args.limit)
+    model = create_model(args.arch, len(ds.classes))
+    load_model_file(checkpoint, model, arch=args.arch, num_classes=len(ds.classes), classes=ds.classes)
+    teacher = fold_batchnorm(model.to(device))  # as build.py does for the online teacher
+    meta = plan_teacher_cache(
+        ds, arch=args.arch, checkpoint_sha256=file_sha256(checkpoint), feature_dim=int(model.feature_dim),
+        pad=args.pad, bf16=args.bf16, subset=rows,
+    )
+    print(f"teacher cache {out}: {len(ds)} rows x {meta.n_views} views x ({meta.n_classes} logits + "
+          f"{meta.feature_dim} features) in float16 = {meta.nbytes / 2**30:.2f} GiB")
+    t0 = time.perf_counter()
+    build_teacher_cache(
+        teacher, ds, out, meta, batch_size=args.batch_size, device=device, channels_last=args.channels_last,
+        checkpoint_seconds=args.checkpoint_every,
+    )
+    seconds = time.perf_counter() - t0
+    print(f"teacher cache {out}: {args.arch} on {ds.name}/{ds.split}, {len(ds)} rows "
+          f"({seconds:.1f} s, {len(ds) * meta.n_views / max(seconds, 1e-9):.0f} views/s)")
+    return 0

@@ -1,0 +1,81 @@
+"""The standard CIFAR-100 teacher -> student pairs (METHOD.md §8) and the per-pair recipe details.
+
+One table: everything that differs between pairs lives here, nowhere else. Sources: mdistiller's per-pair
+configs (`configs/cifar100/dkd/*.yaml`: lr and DKD β) and its README (lr 0.01 for MobileNetV2 / ShuffleNet
+students); pairs without an mdistiller config say where their value comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from richkd.errors import RichKDError
+
+__all__ = ["Pair", "PAIRS", "get_pair", "MDISTILLER_TEACHERS", "LIGHT_STUDENT_LR"]
+
+# mdistiller trains MobileNetV2, ShuffleV1 and ShuffleV2 students with lr 0.01 (the others 0.05).
+LIGHT_STUDENT_LR = 0.01
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str  # zoo name
+    student: str  # zoo name
+    family: str  # "same" | "cross"
+    teacher_dim: int  # pooled penultimate width (METHOD.md §8)
+    student_dim: int
+    lr: float | None  # student learning rate when it differs from the recipe's (None = the recipe's)
+    dkd_beta: float  # DKD's β for this pair
+    source: str  # where lr and β come from
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}-{self.student}"
+
+
+def _pair(
+    teacher: str, student: str, family: str, dims: tuple[int, int], beta: float, source: str = "mdistiller"
+) -> Pair:
+    light = student in ("mobilenetv2", "shufflev1", "shufflev2")
+    return Pair(teacher, student, family, dims[0], dims[1], LIGHT_STUDENT_LR if light else None, beta, source)
+
+
+_ANALOGY = "not in mdistiller; β by analogy with"
+PAIRS: dict[str, Pair] = {
+    p.name: p
+    for p in (
+        _pair("resnet56", "resnet20", "same", (64, 64), 2.0),
+        _pair("resnet110", "resnet32", "same", (64, 64), 2.0),
+        _pair("resnet110", "resnet20", "same", (64, 64), 2.0, f"{_ANALOGY} resnet110-resnet32"),
+        _pair("resnet32x4", "resnet8x4", "same", (256, 256), 8.0),
+        _pair("wrn_40_2", "wrn_16_2", "same", (128, 128), 6.0),
+        _pair("wrn_40_2", "wrn_40_1", "same", (128, 64), 6.0),
+        _pair("vgg13", "vgg8", "same", (512, 512), 6.0),
+        _pair("resnet32x4", "shufflev1", "cross", (256, 960), 8.0),
+        _pair("resnet32x4", "shufflev2", "cross", (256, 1024), 8.0),
+        _pair("vgg13", "mobilenetv2", "cross", (512, 1280), 6.0),
+        _pair("resnet50", "mobilenetv2", "cross", (2048, 1280), 8.0),
+        _pair("wrn_40_2", "shufflev1", "cross", (128, 960), 8.0),
+        _pair("resnet32x4", "wrn_16_2", "cross", (256, 128), 8.0, f"{_ANALOGY} the other resnet32x4 pairs"),
+        _pair("resnet32x4", "vgg8", "cross", (256, 512), 8.0, f"{_ANALOGY} the other resnet32x4 pairs"),
+    )
+}
+
+# mdistiller's released CIFAR-100 teachers: download_ckpts/cifar_teachers/<dir>/ckpt_epoch_240.pth
+# (they load as they are: `model.teacher_checkpoint=.../ckpt_epoch_240.pth`).
+MDISTILLER_TEACHERS: dict[str, str] = {
+    "resnet56": "resnet56_vanilla",
+    "resnet110": "resnet110_vanilla",
+    "resnet32x4": "resnet32x4_vanilla",
+    "wrn_40_2": "wrn_40_2_vanilla",
+    "vgg13": "vgg13_vanilla",
+    "resnet50": "ResNet50_vanilla",
+}
+
+
+def get_pair(name: str) -> Pair:
+    """A pair by `teacher-student` name (case-insensitive, mdistiller spellings such as ShuffleV1 work)."""
+    pair = PAIRS.get(name.lower())
+    if pair is None:
+        raise RichKDError(f"unknown pair {name!r}; `richkd recipes` lists them: {', '.join(PAIRS)}")
+    return pair

@@ -1,0 +1,198 @@
+"""After the grid: predictions and robustness of every finished run (resumable steps, `richkd.steps.StepRunner`),
+then the analyses, results and the report, rebuilt from what exists each time (they take seconds).
+
+Everything is an existing command called in-process (`richkd predict`, `analyze`, `robustness`) or library call
+(`build_report`); this module only decides their arguments and where the outputs go:
+
+OUT/predictions/<arm>_s<seed>.preds.safetensors   model_last.pt of each run on its test split (and extra predictors)
+OUT/robustness/<arm>_s<seed>/robustness.json      each run under the corruptions (same corrupted images for all)
+OUT/analysis/runs/analysis.json                   every run's predictions: the results table's quadrant columns
+OUT/analysis/report/analysis.json                 one seed per arm + extra predictors, flows: the report's figures
+OUT/robustness/report.json                        the same selection of robustness results, for the report
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from richkd.engine.io import write_json_atomic, write_text_atomic
+from richkd.errors import RichKDError
+from richkd.steps import StepRunner, call, capture
+from richkd.study.grid import available_cores, run_dir
+from richkd.study.results import run_key
+from richkd.study.spec import StudySpec, substitute
+
+__all__ = ["PostOutputs", "TestData", "post_process", "test_data_of", "write_report"]
+
+
+@dataclass(frozen=True)
+class TestData:
+    """The test split a run evaluated on, as `richkd predict` / `robustness` take it."""
+
+    name: str
+    root: str | None
+    split: str
+    limit: int | None
+
+    def args(self, limit: int | None) -> list[str]:
+        root = [] if self.root is None else ["--root", self.root]
+        return ["--dataset", self.name, *root, "--split", self.split, *([] if limit is None else ["--limit",
+                                                                                                  str(limit)])]
+
+
+def test_data_of(folder: Path) -> TestData:
+    """From the run's resolved config.yaml, so predictions use exactly the rows the run was evaluated on."""
+    from richkd.config import load_config
+
+    cfg = load_config(folder / "config.yaml")
+    return TestData(cfg.data.name, cfg.data.root, cfg.data.test_split, cfg.data.test_limit)
+
+
+def _study_test_data(spec: StudySpec, runs: Sequence[tuple[str, int]]) -> TestData:
+    found = {test_data_of(run_dir(spec.out_path, arm, seed)): f"{arm} s{seed}" for arm, seed in runs}
+    if len(found) > 1:
+        (a, first), (b, second) = list(found.items())[:2]
+        raise RichKDError(f"runs {first} and {second} were evaluated on different test data ({a} vs {b}); "
+                          "a study compares runs on one test set: make the arms' data.* keys agree")
+    return next(iter(found))
+
+
+@dataclass(frozen=True)
+class PostOutputs:
+    analysis_runs: Path | None  # every run's predictions analysed (for the results table)
+    analysis_report: Path | None  # the report's selection
+    robustness_report: Path | None
+
+
+def _forget_if_stale(steps: StepRunner, name: str, source: Path) -> None:
+    """A run retrained after its step finished (its model file is newer): the step runs again."""
+    marker = steps.marker(name)
+    if marker.is_file() and source.is_file() and source.stat().st_mtime > marker.stat().st_mtime:
+        marker.unlink()
+
+
+def _predict(argv: list[str], out: Path) -> None:
+    call(["predict", *argv, "--out", str(out)])
+
+
+def _robustness(argv: list[str]) -> None:
+    call(["robustness", *argv])
+
+
+def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData, console: TextIO) -> None:
+    """Predictions and robustness of every finished run and every extra model, each a resumable step."""
+    out, a = spec.out_path, spec.analysis
+    speed = ["--device", a.device, "--threads", str(a.threads or available_cores())]
+    preds, robust = out / "predictions", out / "robustness"
+    todo: list[tuple[str, str, Path, Path | None, functools.partial[None]]] = []
+    if a.predict:
+        for arm, seed in runs:
+            key, model = run_key(arm, seed), run_dir(out, arm, seed) / "model_last.pt"
+            target = preds / f"{key}.preds.safetensors"
+            todo.append((f"predict_{key}", f"predictions of {arm} s{seed}", target, model, functools.partial(
+                _predict, ["--checkpoint", str(model), *data.args(data.limit), *speed, "--name", key], target)))
+        for name, args in a.predictors.items():
+            target = preds / f"{name}.preds.safetensors"
+            argv = [substitute(t, out=spec.out) for t in args]
+            todo.append((f"predict_{name}", f"predictions of {name}", target, None, functools.partial(
+                _predict, [*argv, *data.args(data.limit), *speed, "--name", name], target)))
+    rob = a.robustness
+    if rob is not None:
+        shared = [*data.args(rob.limit), "--severities", ",".join(map(str, rob.severities)), "--seed", str(rob.seed),
+                  *([] if rob.corruptions is None else ["--corruptions", ",".join(rob.corruptions)]), *speed]
+        models = {run_key(arm, seed): run_dir(out, arm, seed) / "model_last.pt" for arm, seed in runs}
+        models.update({name: Path(substitute(path, out=spec.out)) for name, path in rob.checkpoints.items()})
+        for key, model in models.items():
+            target = robust / key / "robustness.json"
+            todo.append((f"robustness_{key}", f"robustness of {key}", target, model, functools.partial(
+                _robustness, ["--checkpoint", f"{key}={model}", *shared, "--out", str(target.parent)])))
+    steps = StepRunner(out, len(todo), console)
+    for name, title, target, source, work in todo:
+        if source is not None:
+            _forget_if_stale(steps, name, source)
+        steps.run(name, title, [target], work)
+
+
+def _analyze(files: dict[str, Path], folder: Path, spec: StudySpec, *, extras: bool) -> Path | None:
+    """`richkd analyze` of the predictions that exist (flows, agreements and class-name similarity if `extras`)."""
+    files = {name: path for name, path in files.items() if path.is_file()}
+    if not files:
+        return None
+    a = spec.analysis
+    argv = [*map(str, files.values()), "--names", ",".join(files), "--tau", str(a.tau), "--out", str(folder)]
+    if extras:
+        for option, pairs in (("--flow", a.flows), ("--agreement", a.agreement)):
+            for pair in pairs:
+                if all(end in files for end in pair.split(":")):
+                    argv += [option, pair]
+        if a.semantic is not None:
+            argv += ["--semantic", substitute(a.semantic, out=spec.out)]
+    with capture(spec.out_path / "logs" / f"analysis_{folder.name}.log"):
+        call(["analyze", *argv])
+    return folder / "analysis.json"
+
+
+def _merge_robustness(files: dict[str, Path], target: Path) -> Path | None:
+    """One robustness.json of several (same corrupted images), models renamed for the report."""
+    merged: dict[str, Any] | None = None
+    same = ("dataset", "split", "corruptions", "severities", "n_images", "seed", "source")
+    for name, path in files.items():
+        if not path.is_file():
+            continue
+        obj = json.loads(path.read_text())
+        if merged is None:
+            merged = {**obj, "models": {}}
+        elif any(obj.get(k) != merged.get(k) for k in same):
+            continue  # measured on other images: not comparable, left out of the report's table
+        merged["models"][name] = next(iter(obj["models"].values()))
+    if merged is None or not merged["models"]:
+        return None
+    write_json_atomic(target, merged)
+    return target
+
+
+def post_process(spec: StudySpec, runs: Sequence[tuple[str, int]], console: TextIO, *,
+                 compute: bool) -> PostOutputs:
+    """Predictions/robustness of the finished `runs` (only when `compute`), then the analyses of what exists."""
+    if not runs:
+        return PostOutputs(None, None, None)
+    out, a = spec.out_path, spec.analysis
+    if compute:
+        _run_steps(spec, runs, _study_test_data(spec, runs), console)
+    preds = out / "predictions"
+    analysis_runs = analysis_report = None
+    shown_seed = spec.shown_seed()
+    shown = [(arm, seed) for arm, seed in runs if seed == shown_seed]
+    if a.predict:
+        analysis_runs = _analyze({run_key(arm, s): preds / f"{run_key(arm, s)}.preds.safetensors" for arm, s in runs},
+                                 out / "analysis" / "runs", spec, extras=False)
+        report_files = {name: preds / f"{name}.preds.safetensors" for name in a.predictors}
+        report_files.update({arm: preds / f"{run_key(arm, s)}.preds.safetensors" for arm, s in shown})
+        analysis_report = _analyze(report_files, out / "analysis" / "report", spec, extras=True)
+    robustness_report = None
+    if a.robustness is not None:
+        files = {name: out / "robustness" / name / "robustness.json" for name in a.robustness.checkpoints}
+        files.update({arm: out / "robustness" / run_key(arm, s) / "robustness.json" for arm, s in shown})
+        robustness_report = _merge_robustness(files, out / "robustness" / "report.json")
+    return PostOutputs(analysis_runs, analysis_report, robustness_report)
+
+
+def write_report(spec: StudySpec, runs: Sequence[tuple[str, int]], outputs: PostOutputs,
+                 results: dict[str, Any]) -> Path:
+    """OUT/report/report.html and report.md: the study's tables first, then the analyses' sections."""
+    from richkd.report.build import build_report
+
+    title = spec.title or f"Study {spec.name}"
+    html, markdown = build_report(
+        [run_dir(spec.out_path, arm, seed) for arm, seed in runs], analysis=outputs.analysis_report,
+        robustness=outputs.robustness_report, cost=None, title=title, study=results,
+    )
+    folder = spec.out_path / "report"
+    write_text_atomic(folder / "report.md", markdown)
+    write_text_atomic(folder / "report.html", html)
+    return folder / "report.html"
