@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from proctree import assert_all_gone, descendants
 from richkd.engine.checkpoint import read_model_file
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -27,38 +28,6 @@ pytestmark = pytest.mark.shared_data
 
 def _env(cache_home: Path) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "RICHKD_CACHE": str(cache_home)}
-
-
-def _children(pid: int) -> set[int]:
-    """Every live descendant of `pid` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _assert_all_gone(pids: set[int], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)], "processes outlived their SIGKILLed parent"
 
 
 def _run_killed(argv: list[str], env: dict[str, str], ready: Callable[[], bool], delay: float) -> bool:
@@ -72,10 +41,10 @@ def _run_killed(argv: list[str], env: dict[str, str], ready: Callable[[], bool],
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
-            kids = _children(proc.pid)
+            kids = descendants(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            _assert_all_gone(kids)
+            assert_all_gone(kids, "processes outlived their SIGKILLed parent")
             return True
         assert proc.returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         return False
@@ -170,11 +139,11 @@ def test_decode_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     kids: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None and len(kids) < 2:
-        kids = _children(proc.pid)
+        kids = descendants(proc.pid)
         time.sleep(0.02)
     if proc.poll() is not None:
         pytest.fail("the decode finished before its worker pool was seen; use a larger archive")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert kids, "no decode workers were started"
-    _assert_all_gone(kids, within=5.0)
+    assert_all_gone(kids, "processes outlived their SIGKILLed parent", within=5.0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from proctree import assert_all_gone, descendants
 from richkd.cli import build_parser, main
 from richkd.errors import RichKDError
 from richkd.study import stats
@@ -163,28 +164,6 @@ def test_report_only_tables_from_finished_runs_match_hand_values(tmp_path: Path,
 # ---------------------------------------------------------------- end to end
 
 
-def _children(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _write_spec(tmp_path: Path, archive: Path) -> Path:
     train = ["data.name=imagefolder", f"data.root={archive}", "model.student=resnet8", "train.epochs=1",
              "train.batch_size=16", "train.max_steps_per_epoch=2", "train.progress=false", "optim.lr=0.05"]
@@ -240,16 +219,13 @@ def test_study_killed_mid_grid_then_rerun_skips_finished_runs(
     while proc.poll() is None and time.monotonic() < deadline and not ready():
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-    kids = _children(proc.pid)
+    kids = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if proc.stderr:
         proc.stderr.close()
     assert kids, "no training run was running"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in kids):
-        time.sleep(0.1)
-    assert not [p for p in kids if _alive(p)], "training runs outlived the SIGKILLed runner"
+    assert_all_gone(kids, "training runs outlived the SIGKILLed runner")
     finished = {key: (r / "summary.json").stat().st_mtime_ns for key, r in runs.items()
                 if (r / "summary.json").is_file()}
     assert 1 <= len(finished) < len(runs), finished
