@@ -19,17 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from richkd.data.arrays import ArrayDataset
+from richkd.data.subset import limited
 from richkd.distill import RichKD, build_crd_loss
 from richkd.engine.fold import fold_batchnorm
 from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import StepModule
 from richkd.models import create_model
+from richkd.teachers import chunked
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher
 from richkd.teachers.target_cache import TargetCache, write_random_cache
+from richkd.teachers.teacher_cache import TeacherCache, array_shapes
+from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -74,6 +79,35 @@ class Pipeline:
     step_module: nn.Module
     targets: FusedTargets
     optimizer: torch.optim.Optimizer
+
+
+def random_teacher_cache(path: Path, ds: ArrayDataset, arch: str, feature_dim: int) -> TeacherCache:
+    """A teacher cache of the real format filled with random float16 values (speed only), written in row blocks."""
+    meta = plan_teacher_cache(ds, arch=arch, checkpoint_sha256="0" * 64, feature_dim=feature_dim, pad=4, bf16=False,
+                              subset=None)
+    path.mkdir(parents=True)
+    spec = {name: ("float16", shape) for name, shape in array_shapes(meta).items()}
+    arrays = chunked.open_memmaps(path, spec, fresh=True)
+    rng = np.random.default_rng(0)
+    for arr in arrays.values():
+        for start in range(0, meta.n_rows, 1000):
+            block = arr[start : start + 1000]
+            block[:] = rng.standard_normal(block.shape, dtype=np.float32).astype(np.float16)
+        arr.flush()
+    del arrays
+    chunked.finish(path, meta.to_json())
+    return TeacherCache.open(path)
+
+
+def build_cost(teacher: torch.nn.Module, ds: ArrayDataset, rows: int, arch: str, tmp: Path, bf16: bool) -> float:
+    """Seconds per training image of building a real teacher cache (all views of `rows` rows)."""
+    part, subset = limited(ds, rows)
+    folded = fold_batchnorm(copy.deepcopy(teacher)).eval()
+    meta = plan_teacher_cache(part, arch=arch, checkpoint_sha256="0" * 64, feature_dim=int(teacher.feature_dim),
+                              pad=4, bf16=bf16, subset=subset)
+    t0 = time.perf_counter()
+    build_teacher_cache(folded, part, tmp / "built", meta, batch_size=1024, progress=False, checkpoint_seconds=60)
+    return (time.perf_counter() - t0) / len(part)
 
 
 def build_pipeline(

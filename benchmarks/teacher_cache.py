@@ -15,7 +15,6 @@ the build cost is measured by building a real cache for `--build-rows` rows thro
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -24,15 +23,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import (  # noqa: E402
+    build_cost,
     build_pipeline,
     environment,
     make_models,
     peak_rss_mb,
+    random_teacher_cache,
     synthetic_cache,
     synthetic_split,
     timed_windows,
@@ -40,50 +40,16 @@ from _synthetic import (  # noqa: E402
 )
 
 from richkd.build import resolve_bf16  # noqa: E402
-from richkd.data.arrays import ArrayDataset  # noqa: E402
 from richkd.data.batch import Batch  # noqa: E402
 from richkd.data.loader import DeviceData, epoch_batches, reference_loader  # noqa: E402
-from richkd.data.subset import limited  # noqa: E402
 from richkd.engine.batches import BatchMaker  # noqa: E402
-from richkd.engine.fold import fold_batchnorm  # noqa: E402
 from richkd.engine.trainer import train_step  # noqa: E402
-from richkd.teachers import chunked  # noqa: E402
-from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache, array_shapes  # noqa: E402
-from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache  # noqa: E402
+from richkd.teachers.teacher_cache import CachedTeacher  # noqa: E402
 
 
 def _cycle_rows(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     while True:
         yield from epoch_batches(n, batch, shuffle=True, drop_last=True, generator=generator)
-
-
-def random_teacher_cache(path: Path, ds: ArrayDataset, arch: str, feature_dim: int) -> TeacherCache:
-    """A teacher cache of the real format filled with random float16 values (speed only), written in row blocks."""
-    meta = plan_teacher_cache(ds, arch=arch, checkpoint_sha256="0" * 64, feature_dim=feature_dim, pad=4, bf16=False,
-                              subset=None)
-    path.mkdir(parents=True)
-    spec = {name: ("float16", shape) for name, shape in array_shapes(meta).items()}
-    arrays = chunked.open_memmaps(path, spec, fresh=True)
-    rng = np.random.default_rng(0)
-    for arr in arrays.values():
-        for start in range(0, meta.n_rows, 1000):
-            block = arr[start : start + 1000]
-            block[:] = rng.standard_normal(block.shape, dtype=np.float32).astype(np.float16)
-        arr.flush()
-    del arrays
-    chunked.finish(path, meta.to_json())
-    return TeacherCache.open(path)
-
-
-def build_cost(teacher: torch.nn.Module, ds: ArrayDataset, rows: int, arch: str, tmp: Path, bf16: bool) -> float:
-    """Seconds per training image of building a real teacher cache (all views of `rows` rows)."""
-    part, subset = limited(ds, rows)
-    folded = fold_batchnorm(copy.deepcopy(teacher)).eval()
-    meta = plan_teacher_cache(part, arch=arch, checkpoint_sha256="0" * 64, feature_dim=int(teacher.feature_dim),
-                              pad=4, bf16=bf16, subset=subset)
-    t0 = time.perf_counter()
-    build_teacher_cache(folded, part, tmp / "built", meta, batch_size=1024, progress=False, checkpoint_seconds=60)
-    return (time.perf_counter() - t0) / len(part)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -43,9 +43,22 @@ def test_train_step_benchmark_runs(tmp_path: Path) -> None:
 def test_gpu_epoch_time_script_runs_on_cpu(tmp_path: Path) -> None:
     result = _run(
         "gpu_epoch_time.py",
-        *("--tiny", "--device", "cpu", "--pair", "resnet8:resnet8"),
+        *("--tiny", "--device", "cpu", "--pair", "resnet8:resnet8", "--teacher", "online,cached", "--build-rows", "2"),
         out=tmp_path / "gpu.json",
     )
     assert result["epochs_run"] == 2 and len(result["train_s_per_epoch_measured"]) == 2
+    assert set(result["runs"]) == {"online", "cached"} and result["cached_over_online_train_images_per_s"] > 0
+    assert result["runs"]["cached"]["goal_240_epochs_min"] == 5 and result["cache_build_views_per_s"] > 0
     assert result["train_images_per_s"] > 0 and result["projected_240_epochs_min"] > 0
     assert result["bf16"] and result["channels_last"]
+
+
+def test_teacher_cache_benchmark_runs(tmp_path: Path) -> None:
+    result = _run(
+        "teacher_cache.py",
+        *("--pair", "resnet8:resnet8", "--rows", "256", "--nce-k", "32", "--threads", "1", "--workers", "0"),
+        *("--windows", "1", "--steps", "1", "--warmup", "0", "--build-rows", "2"),
+        out=tmp_path / "tc.json",
+    )
+    assert set(result["median_images_per_s"]) == {"cached", "online", "ref"}
+    assert result["cached_over_ref"] > 0 and result["build_views_per_s"] > 0

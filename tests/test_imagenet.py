@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imagenet_layout import CLASSES, make_split
 from richkd.data.stream import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,39 +21,21 @@ from richkd.data.stream import (
     ShardSource,
     StreamDataset,
     build_stream_loader,
-    write_shards,
 )
 from richkd.data.stream.transforms import eval_view, random_resized_crop_box, to_normalized_tensor, train_view
 from richkd.engine.checkpoint import load_model_file
 from richkd.errors import RichKDError
 from richkd.models import create_model
 
-CLASSES = ("n01440764", "n01443537", "n01484850")
 PER_CLASS = 4
 IMAGENET_MODELS = ("resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet", "mobilenetv1_imagenet")
-
-
-def _jpeg(rng: np.random.Generator, width: int, height: int, grey: bool = False) -> bytes:
-    """A smooth random image (JPEG-friendly, so encoding is quick), larger than 224 px on both sides."""
-    base = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    img = Image.fromarray(base).resize((width, height), Image.Resampling.BILINEAR)
-    out = io.BytesIO()
-    (img.convert("L") if grey else img).save(out, format="JPEG", quality=85)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
 def imagenet_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """root/train/<wnid>/*.JPEG (4 per class, one greyscale) and root/shards/train/shard-00000{0,1}.tar."""
     root = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    for c, wnid in enumerate(CLASSES):
-        folder = root / "train" / wnid
-        folder.mkdir(parents=True)
-        for i in range(PER_CLASS):
-            data = _jpeg(rng, 240 + 37 * i, 320 - 23 * i + c, grey=(c == 1 and i == 2))
-            (folder / f"{wnid}_{i:05d}.JPEG").write_bytes(data)
-    write_shards(FolderSource(root / "train"), root / "shards" / "train", 2)
+    make_split(root, "train", CLASSES, PER_CLASS, n_shards=2)
     return root
 
 
