@@ -232,6 +232,14 @@ def test_study_killed_mid_grid_then_rerun_skips_finished_runs(
     in_flight = [key for key in runs if key not in finished and (out / "logs" / f"{key}.log").is_file()]
     assert in_flight, "no run was in flight at the kill"
 
+    # --post-only: the finished runs get predictions and tables; nothing is trained or resumed
+    starts = {key: _starts(out / "logs" / f"{key}.log") for key in in_flight}
+    assert main(["study", str(spec), "--post-only"]) == 0
+    said = capsys.readouterr().out
+    assert " done before" not in said and f"after the runs: {len(finished)} of 4 finished" in said
+    assert {key: _starts(out / "logs" / f"{key}.log") for key in in_flight} == starts
+    assert all((out / "predictions" / f"{key}.preds.safetensors").is_file() for key in finished)
+
     assert main(["study", str(spec)]) == 0
     said = capsys.readouterr().out
     assert "prepare teacher: done before, skipped" in said

@@ -25,6 +25,9 @@ def add_study_parser(subparsers: Any) -> None:
     mode.add_argument("--dry-run", action="store_true", help="print the planned commands and their state; run nothing")
     mode.add_argument("--report-only", action="store_true",
                       help="rebuild results and report from the runs, predictions and robustness files that exist")
+    mode.add_argument("--post-only", action="store_true",
+                      help="train nothing: predictions, robustness and analyses of the finished runs, then results "
+                           "and report (to report a grid stopped part-way)")
     p.set_defaults(func=cmd_study, interrupt_hint="run the same command again to continue where it stopped")
 
 
@@ -41,5 +44,6 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(describe_plan(spec, parallel=parallel, only=args.only))
         return 0
     quiet_console_logging()
-    outcome = run_study(spec, parallel=parallel, only=args.only, report_only=args.report_only, console=sys.stdout)
+    outcome = run_study(spec, parallel=parallel, only=args.only, report_only=args.report_only,
+                        post_only=args.post_only, console=sys.stdout)
     return 1 if outcome.failed else 0

@@ -81,8 +81,10 @@ def _finished(spec: StudySpec) -> list[tuple[str, int]]:
 
 
 def run_study(spec: StudySpec, *, parallel: int | None = None, only: Sequence[str] = (), report_only: bool = False,
-              console: TextIO) -> StudyOutcome:
-    """Run (or continue) the study; with `report_only`, rebuild results and report from the runs that exist."""
+              post_only: bool = False, console: TextIO) -> StudyOutcome:
+    """Run (or continue) the study; with `report_only`, rebuild results and report from the runs that exist; with
+    `post_only`, train nothing but compute the finished runs' predictions and robustness first (a long grid stopped
+    part-way gets its full tables without starting another run)."""
     _check_only(spec, only)
     from richkd.engine.io import check_writable
 
@@ -91,7 +93,7 @@ def run_study(spec: StudySpec, *, parallel: int | None = None, only: Sequence[st
     out = spec.out_path
     check_writable(out, "study out")
     failed: list[Job] = []
-    if not report_only:
+    if not (report_only or post_only):
         check_arm_records(spec)
         alone = threads_per_run(spec, 1)
         _run_prepare(prepare_jobs(spec, alone), alone, console)
