@@ -16,11 +16,13 @@ from richkd import __version__
 from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfig, VanillaConfig
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
+from richkd.data.stream import StreamDataset
+from richkd.data.stream.splits import StreamSplit, open_stream_splits
 from richkd.data.subset import subset
 from richkd.data.views import exact_view_names, plain_view_id
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
 from richkd.engine import dist
-from richkd.engine.batches import BatchMaker
+from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
 from richkd.engine.checkpoint import load_model_file
 from richkd.engine.device import bf16_is_fast
 from richkd.engine.fold import fold_batchnorm
@@ -34,6 +36,8 @@ from richkd.teachers.target_cache import TargetCache
 from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
 
 log = logging.getLogger(__name__)
+
+Split = ArrayDataset | StreamSplit  # in memory, or streamed from disk (data.name: imagenet)
 
 
 def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
@@ -64,7 +68,7 @@ def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device
     return teacher
 
 
-def open_cache(cfg: RunConfig, train: ArrayDataset, device: torch.device) -> TargetCache:
+def open_cache(cfg: RunConfig, train: Split, device: torch.device) -> TargetCache:
     assert cfg.vlm.cache is not None
     cache = TargetCache.open(Path(cfg.vlm.cache))
     cache.validate(dataset=train.name, split=train.split, n_rows=len(train), class_names=train.classes)
@@ -78,12 +82,14 @@ def open_cache(cfg: RunConfig, train: ArrayDataset, device: torch.device) -> Tar
             f"target cache {cfg.vlm.cache} crops with pad {cache.meta.pad} but data.pad is {cfg.data.pad}: "
             f"set data.pad={cache.meta.pad} or rebuild the cache"
         )
+    if isinstance(train, StreamSplit):  # ImageNet: 1.28 M x 1000 cosines stay memory-mapped, read per batch
+        return cache
     cache.to_device(device)
     return cache
 
 
 def build_distiller(
-    cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: ArrayDataset
+    cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: Split
 ) -> Distiller:
     """The method's loss. Fusion is the teacher side's business: logits arrive fused from the target source, and a
     feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given)."""
@@ -185,7 +191,7 @@ def is_exact(cfg: RunConfig) -> bool:
 
 
 def build_targets(
-    cfg: RunConfig, train: ArrayDataset, run_rows: Tensor | None, device: torch.device
+    cfg: RunConfig, train: Split, run_rows: Tensor | None, device: torch.device
 ) -> tuple[TargetSource | None, nn.Module | CachedTeacher | None, TargetCache | None, Tensor | None]:
     """(targets, teacher, cache, cache_row_map); `train` is the whole split, `run_rows` the subset trained on.
 
@@ -198,6 +204,7 @@ def build_targets(
     teacher: nn.Module | CachedTeacher
     source: TargetSource
     if cfg.model.teacher_cache:
+        assert isinstance(train, ArrayDataset)  # config.validate refuses a teacher cache on streamed data
         teacher = source = open_teacher_cache(cfg, train, run_rows, device)
     else:
         teacher = build_teacher(cfg, train.classes, device)
@@ -232,9 +239,16 @@ def exact_views(cfg: RunConfig, cache: TargetCache | None) -> bool:
 
 def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str, Any]]:
     """Build everything a run needs, failing before any file is written. Returns (parts, provenance)."""
-    full_train, test = load_data(cfg)
-    train, row_map = subset(full_train, cfg.data.train_limit)
-    test, _ = subset(test, cfg.data.test_limit)
+    streamed = cfg.data.name == STREAMED_DATASET
+    full_train: Split
+    if streamed:
+        full_train, stream_test = open_stream_splits(cfg.data.root, cfg.data.train_split, cfg.data.test_split)
+        train: Split = full_train
+        row_map = None
+    else:
+        full_train, test = load_data(cfg)
+        train, row_map = subset(full_train, cfg.data.train_limit)
+        test, _ = subset(test, cfg.data.test_limit)
     targets, teacher, cache, cache_row_map = build_targets(cfg, full_train, row_map, device)
     student = create_model(cfg.model.student, len(train.classes)).to(device)
     if cfg.train.sync_bn:
@@ -252,10 +266,11 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
     if cfg.train.compile:
         student = torch.compile(student)  # type: ignore[assignment]
     o = cfg.optim
+    lr = effective_lr(cfg)
     params = [p for p in list(student.parameters()) + list(distiller.parameters()) if p.requires_grad]
     optimizer = build_optimizer(
         params,
-        lr=o.lr,
+        lr=lr,
         momentum=o.momentum,
         weight_decay=o.weight_decay,
         nesterov=o.nesterov,
@@ -264,26 +279,34 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
     )
     schedule = Schedule(
         epochs=cfg.train.epochs,
-        base_lr=o.lr,
+        base_lr=lr,
         schedule=o.schedule,
         milestones=o.milestones,
         gamma=o.gamma,
         warmup_epochs=o.warmup_epochs,
     )
-    exact = exact_views(cfg, cache)
-    matched = cache is not None and cfg.vlm.view_mode == "matched" and not exact
-    batches = BatchMaker(
-        DeviceData(train, device),
-        mean=train.mean,
-        std=train.std,
-        augment=cfg.data.augment,
-        pad=cfg.data.pad,
-        channels_last=cfg.train.channels_last,
-        n_views=cache.n_views if matched and cache else 1,
-        view_aug=cache.aug_params if matched and cache else None,
-        row_map=cache_row_map,
-        exact_views=exact,
-    )
+    batches: BatchMaker | StreamBatches
+    test_data: DeviceData | StreamEval
+    if streamed:
+        assert isinstance(train, StreamSplit)
+        batches, test_data = build_stream_data(cfg, train, stream_test, device)
+    else:
+        assert isinstance(train, ArrayDataset)
+        exact = exact_views(cfg, cache)
+        matched = cache is not None and cfg.vlm.view_mode == "matched" and not exact
+        batches = BatchMaker(
+            DeviceData(train, device),
+            mean=train.mean,
+            std=train.std,
+            augment=cfg.data.augment,
+            pad=cfg.data.pad,
+            channels_last=cfg.train.channels_last,
+            n_views=cache.n_views if matched and cache else 1,
+            view_aug=cache.aug_params if matched and cache else None,
+            row_map=cache_row_map,
+            exact_views=exact,
+        )
+        test_data = DeviceData(test, device)
     t = cfg.train
     parts = FitParts(
         student=student,
@@ -293,7 +316,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         optimizer=optimizer,
         schedule=schedule,
         train_batches=batches,
-        test_data=DeviceData(test, device),
+        test_data=test_data,
         test_mean=train.mean,
         test_std=train.std,
         classes=train.classes,
@@ -319,12 +342,50 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         "loss": distiller.describe(),
         "teacher_targets": describe_targets(cfg, distiller),
         "train_rows": len(train),
-        "test_rows": len(test),
-        "dataset_source": full_train.source,
+        "test_rows": len(test_data),
+        "dataset_source": describe_source(full_train),
+        "lr": lr,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
         "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,
     }
     return parts, provenance
+
+
+STREAMED_DATASET = "imagenet"  # data.name read from disk batch by batch (data/stream), never held in memory
+
+
+def effective_lr(cfg: RunConfig) -> float:
+    """optim.lr, scaled linearly with the global batch when optim.lr_reference_batch says what it is per."""
+    ref = cfg.optim.lr_reference_batch
+    return cfg.optim.lr if ref is None else cfg.optim.lr * cfg.train.batch_size / ref
+
+
+def build_stream_data(
+    cfg: RunConfig, train: StreamSplit, test: StreamSplit, device: torch.device
+) -> tuple[StreamBatches, StreamEval]:
+    """This rank's streamed training batches and its share of the evaluation split (each rank reads its rows)."""
+    d, t = cfg.data, cfg.train
+    rank, world = dist.rank(), dist.world_size()
+    if t.batch_size % world:
+        raise RichKDError(f"train.batch_size {t.batch_size} (the global batch) is not divisible by {world} processes")
+    sizes = {"image_size": d.image_size, "resize_size": d.resize_size}
+    train_data = StreamDataset(train.source, train=True, rank=rank, world_size=world, seed=cfg.seed, **sizes)
+    test_data = StreamDataset(test.source, train=False, rank=rank, world_size=world, seed=cfg.seed, **sizes)
+    batches = StreamBatches(
+        train_data, batch_size=t.batch_size // world, workers=d.workers, device=device,
+        channels_last=t.channels_last, world_size=world,
+    )
+    evaluation = StreamEval(
+        test_data, batch_size=t.eval_batch_size, workers=d.workers, device=device,
+        input_size=(d.image_size, d.image_size),
+    )
+    return batches, evaluation
+
+
+def describe_source(split: Split) -> str:
+    if isinstance(split, StreamSplit):
+        return f"{split.kind} {split.source.root}"
+    return split.source
 
 
 def resolve_bf16(setting: bool | str, device: torch.device) -> bool:

@@ -200,15 +200,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     from richkd.recipes import PAIRS, dataset_names, method_names
+    from richkd.recipes.pairs import IMAGENET_PAIRS
 
     print("datasets (--dataset):", ", ".join(dataset_names()))
     print("methods  (--method): ", ", ".join(method_names()))
     print("pairs    (--pair):   teacher-student; lr = student lr when it differs from the recipe's")
     print(f"  {'pair':<24} {'family':<6} {'dims T/S':>10} {'lr':>5} {'DKD beta':>8}  source")
-    for pair in PAIRS.values():
-        lr = "" if pair.lr is None else f"{pair.lr:g}"
-        dims = f"{pair.teacher_dim}/{pair.student_dim}"
-        print(f"  {pair.name:<24} {pair.family:<6} {dims:>10} {lr:>5} {pair.dkd_beta:>8g}  {pair.source}")
+    for title, table in (("CIFAR (every --dataset but imagenet)", PAIRS), ("ImageNet (--dataset imagenet)",
+                                                                          IMAGENET_PAIRS)):
+        print(f"  {title}:")
+        for pair in table.values():
+            lr = "" if pair.lr is None else f"{pair.lr:g}"
+            dims = f"{pair.teacher_dim}/{pair.student_dim}"
+            name = pair.alias or pair.name
+            print(f"  {name:<24} {pair.family:<6} {dims:>10} {lr:>5} {pair.dkd_beta:>8g}  {pair.source}")
     return 0
 
 
@@ -288,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     from richkd.cli_export import add_export_parsers
     from richkd.cli_report import add_report_parser
     from richkd.cli_robustness import add_robustness_parser
+    from richkd.cli_shift import add_shift_parser
     from richkd.cli_study import add_study_parser
     from richkd.cli_teacher import add_teacher_parser
     from richkd.cli_vlm import add_vlm_parser
@@ -296,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vlm_parser(sub)
     add_analysis_parsers(sub)
     add_robustness_parser(sub)
+    add_shift_parser(sub)
     add_report_parser(sub)
     add_export_parsers(sub)
     add_study_parser(sub)

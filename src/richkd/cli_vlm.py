@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from richkd.cli_stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ TEACHER_HELP = "surrogate | random[:SEED] | open_clip:ARCH (e.g. open_clip:ViT-L
 
 
 def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
-    p.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
+    p.add_argument("--dataset", required=True,
+                   help="cifar10 | cifar100 | imagefolder | fashion_mnist (| imagenet: streamed, `vlm cache` only)")
     p.add_argument("--root", default=None, help="dataset root (folder or archive)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     p.add_argument("--split", default=split)
@@ -38,7 +40,8 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="surrogate", help=TEACHER_HELP)
     p.add_argument("--weights", default=None, help="open_clip: local checkpoint file or pretrained tag")
-    p.add_argument("--templates", default=None, help="prompt template file, one per line with {} (default: 12)")
+    p.add_argument("--templates", default=None,
+                   help="richkd12 (RichKD's 12, the default) | imagenet80 (CLIP's 80) | a file, one per line with {}")
     p.add_argument("--no-clean-names", dest="clean_names", action="store_false",
                    help="feed raw class names (underscores kept), as the reference code does")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -72,7 +75,9 @@ def add_vlm_parser(subparsers: Any) -> None:
     cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
     cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                        help="save progress this often (0: after every batch); a killed build resumes from there")
+    add_stream_cache_args(cache)
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
+    add_cache_merge_parser(sub)
 
     fit = sub.add_parser("fit-scale", help="fit the logit scale minimising NLL of cached cosines (train data)")
     _add_data_args(fit, "train")
@@ -107,10 +112,10 @@ def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | Non
 
 
 def _load_teacher(args: argparse.Namespace) -> tuple[VisionLanguageTeacher, tuple[str, ...]]:
-    from richkd.teachers.prompts import DEFAULT_TEMPLATES, load_templates
+    from richkd.teachers.imagenet_names import resolve_templates
     from richkd.teachers.vlm import load_vlm
 
-    templates = load_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
+    templates = resolve_templates(args.templates)
     vlm = load_vlm(args.teacher, device=args.device, weights=args.weights)
     log.info("teacher: %s (%s)", vlm.label, vlm.model_id)
     return vlm, templates
@@ -180,6 +185,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from richkd.engine.io import check_writable
     from richkd.teachers.cache_builder import build_target_cache
 
+    if args.dataset == "imagenet":
+        from richkd.cli_stream_cache import cmd_stream_cache
+
+        return cmd_stream_cache(args)
     check_writable(Path(args.out), "--out")
     ds, rows = _load_data(args)
     vlm, templates = _load_teacher(args)

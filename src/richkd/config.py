@@ -26,7 +26,7 @@ Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "cifar100"  # cifar10 | cifar100 | imagefolder | fashion_mnist
+    name: str = "cifar100"  # cifar10 | cifar100 | imagefolder | fashion_mnist | imagenet (streamed from disk)
     root: str | None = None  # dataset root (folder or archive); None = the dataset's default location
     download: bool = False  # fetch the official archive when missing (needs internet)
     cache_dir: str | None = None  # where decoded image-folder arrays are kept
@@ -36,6 +36,10 @@ class DataConfig:
     test_limit: int | None = None  # evaluate on a stratified subset of this many test rows
     augment: bool = True  # random crop (pad 4) + horizontal flip on the training set
     pad: int = 4  # random-crop padding in pixels
+    workers: int = 4  # imagenet: decode/augment processes per training process (0 = in-process); data.root
+    # holds <train_split>/ and <test_split>/, each <wnid>/*.JPEG folders or *.tar shards
+    image_size: int = 224  # imagenet: RandomResizedCrop / centre-crop size (the protocol: 224)
+    resize_size: int = 256  # imagenet evaluation: shorter side resized to this, then the centre image_size crop
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ class OptimConfig:
     warmup_epochs: int = 0  # linear warm-up (0 = reference)
     foreach: bool = True  # multi-tensor SGD kernel
     fused: bool = False  # fused SGD kernel (CUDA and CPU); takes precedence over foreach
+    lr_reference_batch: int | None = None  # lr is per this many images: the run uses lr * train.batch_size / this
+    # (linear scaling with the global batch, Goyal et al. 2017); None = lr as given
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,7 @@ class RunConfig:
             (self.data.pad >= 0, "data.pad must be >= 0"),
             (self.data.train_limit is None or self.data.train_limit >= 1, "data.train_limit must be >= 1"),
             (self.data.test_limit is None or self.data.test_limit >= 1, "data.test_limit must be >= 1"),
+            (o.lr_reference_batch is None or o.lr_reference_batch >= 1, "optim.lr_reference_batch must be >= 1"),
         ]
         temperature = getattr(d, "temperature", 1.0)
         checks.append((temperature > 0, f"distill.temperature must be > 0 (got {temperature})"))
@@ -234,6 +241,28 @@ class RunConfig:
             raise RichKDError("invalid config: distill.nce_t must be > 0 and distill.momentum in [0, 1]")
         if isinstance(d, DKDConfig) and d.warmup_epochs < 0:
             raise RichKDError("invalid config: distill.warmup_epochs must be >= 0")
+        self._validate_streamed()
+
+    def _validate_streamed(self) -> None:
+        """data.name=imagenet: what streamed data supports (RandomResizedCrop views are not a finite family)."""
+        data = self.data
+        if data.workers < 0 or not 1 <= data.image_size <= data.resize_size:
+            raise RichKDError("invalid config: need data.workers >= 0 and 1 <= data.image_size <= data.resize_size")
+        if data.name != "imagenet":
+            return
+        refused = [
+            (self.fusion.mode == "vlm" and self.vlm.view_mode == "matched",
+             "vlm.view_mode=matched needs the cached crop of each view, but a RandomResizedCrop is not one of "
+             "finitely many views: use vlm.view_mode=plain"),
+            (self.model.teacher_cache is not None,
+             "model.teacher_cache serves finitely many crops; run the teacher online (drop model.teacher_cache)"),
+            (data.train_limit is not None or data.test_limit is not None,
+             "data.train_limit/test_limit are not supported: make a smaller folder or shard set instead"),
+            (not data.augment, "data.augment=false is not supported (training always uses RandomResizedCrop + flip)"),
+        ]
+        for bad, message in refused:
+            if bad:
+                raise RichKDError(f"invalid config for data.name=imagenet: {message}")
 
     @property
     def feature_lambda(self) -> float:

@@ -1,19 +1,31 @@
-"""Turn row ids into a training Batch on the compute device: gather uint8 rows, crop/flip and normalise
-batched (airbench style, no per-sample Python), and choose the target-cache view each sample is served."""
+"""Training batches on the compute device, from either kind of data.
+
+- In memory (CIFAR, image folders): `BatchMaker` turns row ids into a Batch: gather uint8 rows, crop/flip and
+  normalise batched (airbench style, no per-sample Python), and choose the target-cache view each sample is served.
+- Streamed (`data.name: imagenet`): `StreamBatches` re-cuts the decode workers' output into equal per-rank batches
+  with their stable row ids, and `StreamEval` evaluates a streamed split, each rank its share.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from richkd.analysis.metrics import expected_calibration_error, nll, topk_accuracy
 from richkd.data.augment import CropFlip, apply_crop_flip, normalize, sample_crop_flip
 from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData
+from richkd.data.stream import StreamDataset, build_stream_loader
 from richkd.data.views import plain_view_id, view_ids
+from richkd.engine import dist
 
+Chunk = tuple[Tensor, Tensor, Tensor]  # streamed images, labels, row ids
 AugLookup = Callable[[Tensor, Tensor], CropFlip]  # (cache rows, views) -> the crop/flip of that cached view
 
 
@@ -79,3 +91,133 @@ def _to_device(host: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
+
+
+@dataclass
+class StreamBatches:
+    """One rank's training batches of a streamed split: `batch_size` rows each (this rank's slice of the global
+    batch), images already decoded, cropped, flipped and normalised by the workers (data/stream).
+
+    Every rank must run the same number of equal-sized steps (DDP, and the CRD memory's all-gather and global
+    negative draw). Ranks hold len(range(rank, N, world)) rows, and each DataLoader worker ends on a partial batch,
+    so the workers' output is re-cut into exact batches and each rank stops after `steps()`, the count the
+    smallest rank can fill. With one process every row is used and the last batch may be short; with several, at
+    most `batch_size` + (N mod world) rows of a rank wait for the next epoch (a different draw then).
+    """
+
+    dataset: StreamDataset  # this rank's share (rank and world size set), train transforms
+    batch_size: int  # rows per rank per step
+    workers: int  # decode processes of this rank
+    device: torch.device
+    channels_last: bool = False
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        return len(self.dataset.source)  # rows of the whole split (CRD's N)
+
+    def steps(self) -> int:
+        if self.world_size == 1:
+            return -(-len(self.dataset) // self.batch_size)
+        return (len(self.dataset.source) // self.world_size) // self.batch_size
+
+    def epoch(self, epoch: int, max_steps: int | None = None) -> Iterator[Batch]:
+        """The batches of `epoch` (its shuffle and crops are functions of seed, epoch and row only)."""
+        self.dataset.set_epoch(epoch)
+        steps = self.steps() if max_steps is None else min(self.steps(), max_steps)
+        loader = build_stream_loader(
+            self.dataset, batch_size=self.batch_size, workers=self.workers, pin_memory=self.device.type == "cuda"
+        )
+        held: list[Chunk] = []
+        n_held = done = 0
+        for images, labels, rows in loader:
+            if done == steps:
+                break
+            held.append((images, labels, rows))
+            n_held += len(rows)
+            while n_held >= self.batch_size and done < steps:
+                cut, held = _take(held, self.batch_size)
+                n_held -= self.batch_size
+                done += 1
+                yield self._batch(*cut)
+        if done < steps and n_held and self.world_size == 1:
+            yield self._batch(*_take(held, n_held)[0])
+
+    def _batch(self, images: Tensor, labels: Tensor, rows: Tensor) -> Batch:
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rows = rows.to(self.device, torch.int64, non_blocking=True)
+        # the plain view: a RandomResizedCrop is not one of finitely many cached views (docs/imagenet.md)
+        return Batch(x, labels.to(self.device, torch.int64, non_blocking=True), rows, torch.zeros_like(rows))
+
+
+def _take(held: list[Chunk], n: int) -> tuple[Chunk, list[Chunk]]:
+    """The first `n` rows of the held chunks, and the rest. The usual case, a loader batch of exactly the rank's
+    size, is passed through as it is: no copy of [B, 3, 224, 224] floats, and pinned memory stays pinned."""
+    images, labels, rows = held[0]
+    if rows.shape[0] >= n:
+        rest: list[Chunk] = [(images[n:], labels[n:], rows[n:])] if rows.shape[0] > n else []
+        return (images[:n], labels[:n], rows[:n]), [*rest, *held[1:]]
+    images, labels, rows = (torch.cat(parts) for parts in zip(*held, strict=True))
+    rest = [(images[n:], labels[n:], rows[n:])] if rows.shape[0] > n else []
+    return (images[:n], labels[:n], rows[:n]), rest
+
+
+@dataclass
+class StreamEval:
+    """Evaluation on a streamed split (resize + centre crop): each rank scores its rows, the logits are gathered
+    so every rank computes the same metrics over the whole split."""
+
+    dataset: StreamDataset  # this rank's share, eval transforms
+    batch_size: int
+    workers: int
+    device: torch.device
+    input_size: tuple[int, int] = (224, 224)
+
+    def __len__(self) -> int:
+        return len(self.dataset.source)
+
+    def predict(self, model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> tuple[Tensor, Tensor]:
+        """(logits float32 [N, C], labels [N]) for every row of the split, in row order, on the CPU."""
+        was_training = model.training
+        model.eval()
+        outs, labels, rows = [], [], []
+        autocast: contextlib.AbstractContextManager[Any] = (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
+        loader = build_stream_loader(self.dataset, batch_size=self.batch_size, workers=self.workers)
+        with torch.no_grad(), autocast:
+            for images, y, r in loader:
+                x = images.to(self.device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                outs.append(model(x).logits.float().cpu())
+                labels.append(y.long())
+                rows.append(r.long())
+        model.train(was_training)
+        logits, label, row = torch.cat(outs), torch.cat(labels), torch.cat(rows)
+        if dist.is_distributed():
+            logits, label, row = _gather_rows(logits, label, row, len(self))
+        order = torch.argsort(row)
+        return logits[order], label[order]
+
+    def evaluate(self, model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
+        logits, labels = self.predict(model, bf16=bf16, channels_last=channels_last)
+        acc = topk_accuracy(logits, labels, ks=(1, 5))
+        return {
+            "top1": acc[1],
+            "top5": acc[5],
+            "nll": nll(logits, labels),
+            "ece": expected_calibration_error(logits, labels, n_bins=15),
+        }
+
+
+def _gather_rows(logits: Tensor, labels: Tensor, rows: Tensor, n_rows: int) -> tuple[Tensor, Tensor, Tensor]:
+    """All ranks' rows: padded to the largest share (all_gather needs equal shapes), padding dropped."""
+    width = math.ceil(n_rows / dist.world_size())
+    pad = width - rows.shape[0]
+    packed = torch.cat([logits, labels[:, None].double(), rows[:, None].double()], dim=1).double()
+    packed = torch.cat([packed, torch.full((pad, packed.shape[1]), -1.0, dtype=torch.float64)])
+    every = dist.all_gather_cat(packed)
+    every = every[every[:, -1] >= 0]
+    return every[:, :-2].float(), every[:, -2].long(), every[:, -1].long()

@@ -21,7 +21,7 @@ from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData, epoch_batches
 from richkd.distill.base import Distiller
 from richkd.engine import dist
-from richkd.engine.batches import BatchMaker
+from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
 from richkd.engine.checkpoint import load_training_state, save_model, save_training_state, unwrap
 from richkd.engine.evaluate import evaluate_model
 from richkd.engine.io import write_json_atomic, write_text_atomic
@@ -63,8 +63,8 @@ class FitParts:
     targets: TargetSource | None
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    train_batches: BatchMaker
-    test_data: DeviceData
+    train_batches: BatchMaker | StreamBatches  # in-memory rows, or a streamed split (data.name: imagenet)
+    test_data: DeviceData | StreamEval
     test_mean: tuple[float, float, float]
     test_std: tuple[float, float, float]
     classes: tuple[str, ...]
@@ -159,12 +159,24 @@ def train_step(
     return terms, logits, loss
 
 
+def _epoch_batches(parts: FitParts, epoch: int, generator: torch.Generator) -> tuple[Iterator[Batch], int]:
+    """(this rank's batches of `epoch`, their number). In memory: row ids drawn from `generator`, then gathered
+    and augmented on the device; streamed: decoded by the loader's workers, shuffled from (seed, epoch)."""
+    maker = parts.train_batches
+    if isinstance(maker, StreamBatches):
+        cap = parts.max_steps_per_epoch
+        return maker.epoch(epoch, cap), min(maker.steps(), cap) if cap is not None else maker.steps()
+    rows_per_epoch = _steps(parts, len(maker.data), generator)
+    batches = (maker(rows, generator, rank=dist.rank(), world_size=dist.world_size()) for rows in rows_per_epoch)
+    return batches, len(rows_per_epoch)
+
+
 def _train_epoch(
     parts: FitParts, step_module: nn.Module, epoch: int, generator: torch.Generator
 ) -> dict[str, float]:
-    device = parts.test_data.images.device
+    device = parts.test_data.device
     step_module.train()
-    rows_per_epoch = _steps(parts, len(parts.train_batches.data), generator)
+    batches, n_steps = _epoch_batches(parts, epoch, generator)
     # Sums stay on the device and are read once per epoch: no host sync per step on a GPU. On the CPU a
     # sync is free, so a non-finite loss is caught before its update is applied.
     totals: dict[str, Tensor] = {}
@@ -172,12 +184,10 @@ def _train_epoch(
     seen = 0
     check_each_step = device.type == "cpu"
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-    bar: Iterator[Tensor] = iter(rows_per_epoch)
     if parts.progress and dist.is_main():
-        bar = iter(tqdm(rows_per_epoch, desc=f"epoch {epoch + 1}", leave=False, disable=None))
-    for step, rows in enumerate(bar):
+        batches = iter(tqdm(batches, total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=None))
+    for step, batch in enumerate(batches):
         progress = (epoch + 1) / parts.schedule.epochs  # mdistiller: 1-based epoch, constant within it
-        batch = parts.train_batches(rows, generator, rank=dist.rank(), world_size=dist.world_size())
         try:
             terms, logits, _ = train_step(
                 step_module,
@@ -190,7 +200,7 @@ def _train_epoch(
             )
         except NonFiniteLoss as err:
             raise NonFiniteLoss(f"{err} at epoch {epoch + 1} step {step}: lower optim.lr") from None
-        b = rows.numel()
+        b = batch.labels.numel()
         for key, value in terms.items():
             weighted = value.detach().to(acc_dtype) * b
             totals[key] = totals[key] + weighted if key in totals else weighted
@@ -230,13 +240,16 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def _feed_info(parts: FitParts) -> dict[str, Any]:
     """How the model was fed (normalisation, input size), saved with its weights so `richkd classify` and
     `richkd export` need neither the dataset nor the config."""
-    height, width = parts.test_data.images.shape[2:]
+    if isinstance(parts.test_data, StreamEval):
+        height, width = parts.test_data.input_size
+    else:
+        height, width = parts.test_data.images.shape[2:]
     return {"mean": parts.test_mean, "std": parts.test_std, "input_size": (int(height), int(width))}
 
 
 def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     """Train for `parts.schedule.epochs`; returns the summary also written to run_dir/summary.json."""
-    device = parts.test_data.images.device
+    device = parts.test_data.device
     generator = torch.Generator().manual_seed(parts.seed)
     step_module: nn.Module = StepModule(parts.student, parts.distiller)
     best = {"top1": -math.inf, "epoch": 0, "top5": 0.0}
@@ -275,15 +288,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         record["time/train_s"] = train_s
         is_last = epoch + 1 == parts.schedule.epochs
         if (epoch + 1) % parts.eval_every == 0 or is_last:
-            metrics = evaluate_model(
-                parts.student,
-                parts.test_data,
-                mean=parts.test_mean,
-                std=parts.test_std,
-                batch_size=parts.eval_batch_size,
-                bf16=parts.bf16,
-                channels_last=parts.channels_last,
-            )
+            metrics = _evaluate(parts)
             record.update({f"test/{k}": v for k, v in metrics.items()})
             if metrics["top1"] > best["top1"]:
                 best = {"top1": metrics["top1"], "epoch": epoch + 1, "top5": metrics["top5"]}
@@ -345,6 +350,20 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     if dist.is_main():
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def _evaluate(parts: FitParts) -> dict[str, float]:
+    if isinstance(parts.test_data, StreamEval):
+        return parts.test_data.evaluate(parts.student, bf16=parts.bf16, channels_last=parts.channels_last)
+    return evaluate_model(
+        parts.student,
+        parts.test_data,
+        mean=parts.test_mean,
+        std=parts.test_std,
+        batch_size=parts.eval_batch_size,
+        bf16=parts.bf16,
+        channels_last=parts.channels_last,
+    )
 
 
 def _format_record(record: dict[str, Any], epochs: int) -> str:

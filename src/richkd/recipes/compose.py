@@ -123,6 +123,11 @@ def _builtin(kind: str, name: str, state: _State) -> dict[str, Any]:
         state.dataset = name
     else:
         state.method = name
+        # datasets/<dataset>.<method>.yaml: a dataset's own weights for a method (ImageNet's KD/DKD/CRD differ
+        # from CIFAR's), over the method's; <dataset>.teacher.yaml is the pair layer's (a teacher needs a pair)
+        tuned = _HERE / "datasets" / f"{state.dataset}.{name}.yaml"
+        if state.dataset and name != "teacher" and tuned.is_file():
+            layer = merge(layer, _file_layer(tuned, state, label=f"dataset:{state.dataset}.{name}"))
     return layer
 
 
@@ -151,7 +156,7 @@ def _pair_layer(name: str, merged: Mapping[str, Any], state: _State) -> dict[str
         teacher = student = name.lower()  # one model trained on labels, e.g. --pair vgg13 --method teacher
         lr = None
     else:
-        pair = get_pair(name)
+        pair = get_pair(name, state.dataset)
         teacher, student, lr = pair.teacher, pair.student, pair.lr
     layer: dict[str, Any] = {}
     if method == "teacher":
@@ -167,12 +172,12 @@ def _pair_layer(name: str, merged: Mapping[str, Any], state: _State) -> dict[str
         layer["model"] = {
             "student": student,
             "teacher": teacher,
-            "teacher_checkpoint": f"{runs}/teacher_{teacher}/model_last.pt",
+            "teacher_checkpoint": pair.teacher_checkpoint or f"{runs}/teacher_{teacher}/model_last.pt",
         }
         layer["out_dir"] = f"{runs}/{method or 'run'}_{teacher}_{student}"
         distill = merged.get("distill")
         if isinstance(distill, Mapping) and distill.get("method") == "dkd":
-            layer["distill"] = {"beta": get_pair(name).dkd_beta}
+            layer["distill"] = {"beta": pair.dkd_beta}
     if lr is not None and method != "teacher":
         layer["optim"] = {"lr": lr}
     state.layers.append(f"pair:{name}")

@@ -1,8 +1,9 @@
-"""The standard CIFAR-100 teacher -> student pairs (METHOD.md §8) and the per-pair recipe details.
+"""The standard teacher -> student pairs (METHOD.md §8) and the per-pair recipe details: CIFAR-100's and ImageNet's.
 
-One table: everything that differs between pairs lives here, nowhere else. Sources: mdistiller's per-pair
-configs (`configs/cifar100/dkd/*.yaml`: lr and DKD β) and its README (lr 0.01 for MobileNetV2 / ShuffleNet
-students); pairs without an mdistiller config say where their value comes from.
+One table per dataset: everything that differs between pairs lives here, nowhere else. Sources: mdistiller's
+per-pair configs (`configs/cifar100/dkd/*.yaml` and `configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml`: lr and DKD β)
+and its README (lr 0.01 for MobileNetV2 / ShuffleNet students); pairs without an mdistiller config say where
+their value comes from.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from richkd.errors import RichKDError
 
-__all__ = ["Pair", "PAIRS", "get_pair", "MDISTILLER_TEACHERS", "LIGHT_STUDENT_LR"]
+__all__ = ["Pair", "PAIRS", "IMAGENET_PAIRS", "get_pair", "MDISTILLER_TEACHERS", "LIGHT_STUDENT_LR"]
 
 # mdistiller trains MobileNetV2, ShuffleV1 and ShuffleV2 students with lr 0.01 (the others 0.05).
 LIGHT_STUDENT_LR = 0.01
@@ -27,6 +28,8 @@ class Pair:
     lr: float | None  # student learning rate when it differs from the recipe's (None = the recipe's)
     dkd_beta: float  # DKD's β for this pair
     source: str  # where lr and β come from
+    teacher_checkpoint: str | None = None  # default teacher weights (None: the pair's `--method teacher` run)
+    alias: str | None = None  # short name accepted by `--pair` (ImageNet: resnet34-resnet18)
 
     @property
     def name(self) -> str:
@@ -61,6 +64,20 @@ PAIRS: dict[str, Pair] = {
     )
 }
 
+# ImageNet (METHOD.md §8): the teachers are torchvision's IMAGENET1K_V1 weights, loaded as they are
+# (https://download.pytorch.org/models/<file>; resnet34 73.31 % and resnet50 76.13 % top-1 by torchvision's card),
+# which is what mdistiller's ImageNet teachers are. β: mdistiller configs/imagenet/r34_r18 and r50_mv1 dkd.yaml.
+IMAGENET_PAIRS: dict[str, Pair] = {
+    p.name: p
+    for p in (
+        Pair("resnet34_imagenet", "resnet18_imagenet", "same", 512, 512, None, 0.5, "mdistiller",
+             "teachers/resnet34-b627a593.pth", "resnet34-resnet18"),
+        Pair("resnet50_imagenet", "mobilenetv1_imagenet", "cross", 2048, 1024, None, 2.0, "mdistiller",
+             "teachers/resnet50-0676ba61.pth", "resnet50-mobilenetv1"),
+    )
+}
+PAIR_TABLES: dict[str, dict[str, Pair]] = {"imagenet": IMAGENET_PAIRS}
+
 # mdistiller's released CIFAR-100 teachers: download_ckpts/cifar_teachers/<dir>/ckpt_epoch_240.pth
 # (they load as they are: `model.teacher_checkpoint=.../ckpt_epoch_240.pth`).
 MDISTILLER_TEACHERS: dict[str, str] = {
@@ -73,9 +90,14 @@ MDISTILLER_TEACHERS: dict[str, str] = {
 }
 
 
-def get_pair(name: str) -> Pair:
-    """A pair by `teacher-student` name (case-insensitive, mdistiller spellings such as ShuffleV1 work)."""
-    pair = PAIRS.get(name.lower())
+def get_pair(name: str, dataset: str | None = None) -> Pair:
+    """A pair by `teacher-student` name (case-insensitive, mdistiller spellings such as ShuffleV1 work), from the
+    table of `dataset` (ImageNet's also by its short alias, e.g. resnet34-resnet18); CIFAR-100's by default."""
+    table = PAIR_TABLES.get(dataset or "", PAIRS)
+    key = name.lower()
+    pair = table.get(key) or next((p for p in table.values() if p.alias == key), None)
     if pair is None:
-        raise RichKDError(f"unknown pair {name!r}; `richkd recipes` lists them: {', '.join(PAIRS)}")
+        names = [p.alias or p.name for p in table.values()]
+        where = f" for --dataset {dataset}" if table is not PAIRS else ""
+        raise RichKDError(f"unknown pair {name!r}{where}; `richkd recipes` lists them: {', '.join(names)}")
     return pair

@@ -14,7 +14,7 @@ import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -146,8 +146,14 @@ class ShardSource:
         self.shards = sorted(p for p in self.root.iterdir() if p.name.endswith(SHARD_SUFFIX))
         if not self.shards:
             raise RichKDError(f"no *.tar shards in {self.root}; expected shard-000000.tar, shard-000001.tar, ...")
-        counts = [sum(1 for _ in _iter_shard_samples(p, with_data=False)) for p in self.shards]
+        counts, labels = [], []
+        for shard in self.shards:
+            shard_labels = [label for _, label, _, _ in _iter_shard_samples(shard, with_data=False)]
+            counts.append(len(shard_labels))
+            labels += shard_labels
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [S + 1] first row per shard
+        self.labels = np.array(labels, dtype=np.int32)  # [N] 4 B a row: CRD draws negatives by class
+        self.classes: tuple[str, ...] = _read_classes(self.root, self.labels)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -165,10 +171,29 @@ class ShardSource:
             raise RichKDError(f"shard {path} shrank since it was indexed; restart to re-index")
 
 
+CLASSES_FILE = "classes.txt"
+
+
+def _read_classes(root: Path, labels: np.ndarray[Any, Any]) -> tuple[str, ...]:
+    """Class names of a shard set: `classes.txt` (one name a line, label order) beside the shards, written by
+    `write_shards`; without it, the labels' indices as names ("0", "1", ...)."""
+    path = root / CLASSES_FILE
+    top = int(labels.max()) + 1 if labels.size else 0
+    if not path.is_file():
+        return tuple(str(i) for i in range(top))
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if len(names) < top:
+        raise RichKDError(
+            f"{path} lists {len(names)} classes but a .cls member holds label {top - 1}; fix the file or the shards"
+        )
+    return names
+
+
 def write_shards(source: FolderSource, out_dir: Path, n_shards: int) -> list[Path]:
     """Pack a folder split into `n_shards` WebDataset tars of contiguous rows, so row ids are unchanged.
 
-    Keys are the relative paths without extension (`<class>/<stem>`); `.cls` holds the label index.
+    Keys are the relative paths without extension (`<class>/<stem>`); `.cls` holds the label index, and
+    `classes.txt` the class names in label order (so a shard set keeps its wnids).
     """
     if n_shards < 1 or n_shards > len(source):
         raise RichKDError(f"n_shards must be between 1 and the number of images ({len(source)}), got {n_shards}")
@@ -187,6 +212,8 @@ def write_shards(source: FolderSource, out_dir: Path, n_shards: int) -> list[Pat
 
         write_atomic(path, write)
         written.append(path)
+    names = "".join(f"{c}\n" for c in source.classes).encode()
+    write_atomic(out_dir / CLASSES_FILE, lambda fh: fh.write(names))
     return written
 
 
