@@ -129,6 +129,14 @@ def test_two_processes_train_richkd_lf_and_ranks_split_every_row(tree: dict[str,
         bank = next(v for k, v in state.items() if k.endswith(name))
         assert bank.shape == (12, 128)
         torch.testing.assert_close(bank.norm(dim=1), torch.ones(12), rtol=1e-4, atol=1e-4)
+    # the chain's last link: the 2-process student on an -R/-A-style shift set holding 2 of its 3 classes, scored
+    # over those 2 columns of its head (the 200-class protocol in miniature)
+    make_split(tmp_path / "shift", "r", classes=CLASSES[:2], per_class=2, seed=2)
+    assert main(["shift", "--set", f"r={tmp_path / 'shift' / 'r'}", "--checkpoint", f"student={out / 'model_last.pt'}",
+                 "--image-size", "32", "--resize-size", "37", "--threads", "1", "--batch-size", "4",
+                 "--out", str(tmp_path / "shift_out")]) == 0
+    scored = json.loads((tmp_path / "shift_out" / "shift.json").read_text())["sets"]["r"]
+    assert (scored["layout"], scored["images"], scored["classes_scored"]) == ("subset", 4, 2)
 
 
 # Imports torch and richkd once, then trains in a forked child per folder: wait4 gives each child's own RSS
