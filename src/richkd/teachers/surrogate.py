@@ -13,6 +13,7 @@ MiniLM is run the way sentence-transformers runs it: mean pooling over the atten
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from functools import cache
@@ -33,6 +34,9 @@ INSTALL_HINT = "the surrogate teacher needs `pip install 'richkd[surrogate]'`"
 SOFTMAX_TEMPERATURE = 3.0
 IMAGE_SIZE = 128
 TEXT_BATCH = 256
+# images per EfficientNet forward, per torch thread: a batch of 512 at 128 px streams ~270 MB of activations
+# per layer through memory; ~32 per thread keeps a thread's share in cache (docs/speed.md §10)
+FORWARD_CHUNK_PER_THREAD = 32
 
 
 @cache
@@ -55,6 +59,57 @@ def _import_packages() -> tuple[Any, Path, Path]:
     except ImportError as exc:
         raise RichKDError(f"{INSTALL_HINT} (missing: {exc.name})") from None
     return EfficientNet, Path(EfficientnetLite0ModelFile.get_model_file_path()), Path(get_model_path())
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A frozen, faster copy of an EfficientNet-Lite: the same function to float32 rounding.
+
+    Each BatchNorm is folded into the conv before it (the package's TF-"same" convs hide from torch.fx, so
+    `richkd.engine.fold` cannot find the pairs: they are named here), the "same" padding moves into the conv
+    (no padded copy of the activation; `_pad_inside`), and ReLU6 runs in place (its input is a fresh conv output).
+    Every one of these saves a full pass over the activations, which dominate this memory-bound network.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fast = copy.deepcopy(model).eval()
+    pairs = [(fast, "_conv_stem", "_bn0"), (fast, "_conv_head", "_bn1")]
+    for block in getattr(fast, "_blocks", ()):
+        pairs += [(block, "_expand_conv", "_bn0"), (block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            fused = fuse_conv_bn_eval(conv, bn)  # a deepcopy of conv (same class, same static padding)
+            setattr(owner, conv_name, fused)
+            setattr(owner, bn_name, nn.Identity())
+    for module in fast.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
+            _pad_inside(module, pad)
+        if isinstance(module, nn.ReLU6):
+            module.inplace = True
+    if any(isinstance(m, nn.BatchNorm2d) for m in fast.modules()):
+        raise RichKDError("EfficientNet-Lite0 has an unexpected layout (a BatchNorm was not folded): "
+                          "reinstall richkd[surrogate] at the pinned version")
+    return fast
+
+
+def _pad_inside(conv: nn.Conv2d, pad: nn.ZeroPad2d) -> None:
+    """Replace the conv's explicit zero-padding copy by the conv's own padding, exactly.
+
+    Symmetric (p, p) becomes padding p. TF-"same" stride-2 padding is (p, p + 1); it becomes padding p + 1
+    with a zero row/column put before the kernel: output i then reads x[s*i + k - p] for kernel tap k, as with
+    the explicit pad, and the added taps multiply zeros exactly.
+    """
+    left, right, top, bottom = pad.padding
+    if not all(b - a in (0, 1) for a, b in ((left, right), (top, bottom))):
+        return
+    lead_h, lead_w = bottom - top, right - left  # 1: prepend a zero row/column
+    if lead_h or lead_w:
+        weight = F.pad(conv.weight.detach(), (lead_w, 0, lead_h, 0))
+        conv.weight = nn.Parameter(weight, requires_grad=False)
+        conv.kernel_size = tuple(weight.shape[-2:])
+    conv.padding = (bottom, right)
+    conv.static_padding = nn.Identity()
 
 
 class MiniLMEncoder(nn.Module):
@@ -96,6 +151,8 @@ class SurrogateVLM:
         # channels_last: 1.5-2x faster depthwise convs on CPU (measured), and the fast path on GPU too
         self.image_model = image_model.eval().to(device)
         self.image_model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # what runs: BN folded etc.; `image_model` (the published weights) stays for the fingerprint
+        self.fast_model = inference_copy(self.image_model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.text_model = text_model.eval().to(device)
         names = imagenet_class_names()
         name_emb = self.text_model(list(names))  # [1000, 384] unit norm
@@ -123,9 +180,12 @@ class SurrogateVLM:
     @torch.no_grad()
     def imagenet_logits(self, images: Tensor) -> Tensor:
         """[B, 3, h, w] in [0, 1] -> [B, 1000] EfficientNet-Lite0 ImageNet logits (float32)."""
-        x = preprocess_images(images.to(self.device), self.image_spec)
-        logits: Tensor = self.image_model(x.contiguous(memory_format=torch.channels_last))
-        return logits.float()
+        chunk = FORWARD_CHUNK_PER_THREAD * torch.get_num_threads() if self.device.type == "cpu" else images.shape[0]
+        out = []
+        for i in range(0, max(1, images.shape[0]), max(1, chunk)):  # one (empty) pass for B = 0
+            x = preprocess_images(images[i : i + chunk].to(self.device), self.image_spec, channels_last=True)
+            out.append(self.fast_model(x).float())
+        return torch.cat(out) if len(out) != 1 else out[0]
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
