@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from richkd.analysis.metrics import expected_calibration_error, nll, topk_accuracy
 from richkd.data.augment import CropFlip, apply_crop_flip, normalize, sample_crop_flip
 from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset, build_stream_loader
 from richkd.data.views import plain_view_id, view_ids
 from richkd.engine import dist
+from richkd.engine.evaluate import eval_metrics
 
 Chunk = tuple[Tensor, Tensor, Tensor]  # streamed images, labels, row ids
 AugLookup = Callable[[Tensor, Tensor], CropFlip]  # (cache rows, views) -> the crop/flip of that cached view
@@ -203,13 +203,7 @@ class StreamEval:
 
     def evaluate(self, model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
         logits, labels = self.predict(model, bf16=bf16, channels_last=channels_last)
-        acc = topk_accuracy(logits, labels, ks=(1, 5))
-        return {
-            "top1": acc[1],
-            "top5": acc[5],
-            "nll": nll(logits, labels),
-            "ece": expected_calibration_error(logits, labels, n_bins=15),
-        }
+        return eval_metrics(logits, labels)
 
 
 def _gather_rows(logits: Tensor, labels: Tensor, rows: Tensor, n_rows: int) -> tuple[Tensor, Tensor, Tensor]:
