@@ -105,6 +105,10 @@ def build_distiller(
         )
     if isinstance(d, DKDConfig):
         warmup = d.warmup_epochs / cfg.train.epochs
+        if warmup > 1:
+            log.warning("distill.warmup_epochs=%g exceeds train.epochs=%d: DKD's loss never reaches full weight in "
+                        "this run (the reference ramps over 20 of 240 epochs; scale it with the run)",
+                        d.warmup_epochs, cfg.train.epochs)
         return DKD(
             ce_weight=d.ce_weight,
             alpha=d.alpha,
