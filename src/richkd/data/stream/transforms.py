@@ -1,4 +1,4 @@
-"""The standard ImageNet transforms with PIL + torch only (no torchvision): RandomResizedCrop + flip for
+"""The standard ImageNet transforms with PIL (simplejpeg where installed) + torch, no torchvision: RandomResizedCrop + flip for
 training, resize + centre crop for evaluation, then scaling to float and ImageNet mean/std normalisation.
 
 Geometry follows torchvision's `RandomResizedCrop(224)` (scale 0.08-1, ratio 3/4-4/3, 10 tries, centre-crop
@@ -53,11 +53,46 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def decode_rgb(data: bytes, name: str) -> Image.Image:
-    """JPEG/PNG bytes -> RGB PIL image (ImageNet holds a few CMYK and greyscale files)."""
+try:  # the `imagenet` extra: libjpeg-turbo without PIL's per-image overhead
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _simplejpeg = None
+
+JPEG_DECODER = "simplejpeg" if _simplejpeg is not None else "pillow"  # which decoder decode_rgb uses for JPEGs
+# JPEG colour spaces whose simplejpeg RGB output is bit-identical to PIL's convert("RGB") (tests/test_jpeg_decode.py);
+# CMYK/YCCK (off by one against PIL's conversion) and anything else go to PIL.
+_SIMPLEJPEG_COLORSPACES = frozenset({"YCbCr", "Gray"})
+
+
+def _decode_simplejpeg(data: bytes) -> Image.Image | None:
+    """simplejpeg's decode with PIL's settings (accurate DCT, fancy upsampling), or None to let PIL decode."""
+    if _simplejpeg is None or data[:2] != b"\xff\xd8":
+        return None
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
+        height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(data)
+        too_big = Image.MAX_IMAGE_PIXELS is not None and height * width > 2 * Image.MAX_IMAGE_PIXELS
+        if colorspace not in _SIMPLEJPEG_COLORSPACES or too_big:  # PIL raises the decompression-bomb error
+            return None
+        # RGBX is PIL's own 4-byte layout for "RGB", so unpacking it is a plain copy (RGB + fromarray measured slower
+        # than PIL itself)
+        array = _simplejpeg.decode_jpeg(data, colorspace="RGBX", fastdct=False, fastupsample=False)
+    except (ValueError, OSError):  # corrupt or unusual: PIL decides (and names the error)
+        return None
+    return Image.frombytes("RGB", (width, height), array, "raw", "RGBX")
+
+
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """JPEG/PNG bytes -> RGB PIL image (ImageNet holds a few CMYK and greyscale files).
+
+    With simplejpeg installed, YCbCr and greyscale JPEGs decode through it (1.6-1.9x less decode CPU time, same pixels);
+    everything else through PIL.
+    """
+    img = _decode_simplejpeg(data)
+    if img is not None:
+        return img
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            return pil.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise RichKDError(f"cannot decode image {name} ({err}); remove or replace the file") from None
 
