@@ -1,5 +1,5 @@
-"""The standard ImageNet transforms with PIL (simplejpeg where installed) + torch, no torchvision: RandomResizedCrop + flip for
-training, resize + centre crop for evaluation, then scaling to float and ImageNet mean/std normalisation.
+"""The standard ImageNet transforms with PIL (simplejpeg where installed) + torch, no torchvision: RandomResizedCrop
++ flip for training, resize + centre crop for evaluation, then scaling to float and ImageNet mean/std normalisation.
 
 Geometry follows torchvision's `RandomResizedCrop(224)` (scale 0.08-1, ratio 3/4-4/3, 10 tries, centre-crop
 fallback), `Resize(256)` and `CenterCrop(224)`; PIL's BILINEAR resize antialiases when shrinking, as
