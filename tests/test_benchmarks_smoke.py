@@ -62,3 +62,31 @@ def test_teacher_cache_benchmark_runs(tmp_path: Path) -> None:
     )
     assert set(result["median_images_per_s"]) == {"cached", "online", "ref"}
     assert result["cached_over_ref"] > 0 and result["build_views_per_s"] > 0
+
+
+def test_cpu_roofline_counts_flops_by_hand_and_states_the_target(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    import torch
+    from cpu_roofline import flops_per_image
+
+    conv = 2 * 3 * 4 * 9 * 8 * 8  # multiply-adds x 2 of a 3->4 3x3 'same' conv on 8x8, per image
+    teacher = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    student = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    flops = flops_per_image(teacher, student, batch=2, size=8)
+    # the student's backward computes the weight gradient only (the input needs none): one more conv's worth
+    assert flops == {"teacher_forward": conv, "student_forward_backward": 2 * conv, "reference_step": 3 * conv}
+
+    step = tmp_path / "step.json"
+    step.write_text(json.dumps({"median_images_per_s": {"ref": 10.0, "cached": 20.0, "online": 12.0}}))
+    result = _run(
+        "cpu_roofline.py",
+        *("--pair", "resnet8:resnet8", "--classes", "10", "--threads", "1", "--n", "128", "--repeats", "1"),
+        *("--windows", "1", "--target", "5", "--step-json", str(step)),
+        out=tmp_path / "roof.json",
+    )
+    per_image = result["gflop_per_image"]
+    assert result["target_cached_images_per_s"] == 50.0
+    assert abs(result["target_gflops"] - 50.0 * per_image["student_forward_backward"]) < 1e-9
+    ratio = per_image["reference_step"] / per_image["student_forward_backward"]
+    assert abs(result["ceiling_ratio_by_flops"] - ratio) < 1e-9
+    assert result["matmul_gflops_fp32_median"] > 0 and set(result["cpu_flags"]) >= {"avx2", "amx_bf16"}
