@@ -1,3 +1,3 @@
 """richkd: knowledge distillation from a fused CNN + vision-language teacher (RichKD)."""
 
-__version__ = "0.1.0"
+__version__ = "0.4.0"
