@@ -99,11 +99,18 @@ def random_teacher_cache(path: Path, ds: ArrayDataset, arch: str, feature_dim: i
     return TeacherCache.open(path)
 
 
+def _feature_dim(model: nn.Module) -> int:
+    """Width of a zoo model's pooled features (typed: `nn.Module` attributes read as Tensor | Module)."""
+    dim = model.feature_dim
+    assert isinstance(dim, int), f"{type(model).__name__} is not a zoo model"
+    return dim
+
+
 def build_cost(teacher: torch.nn.Module, ds: ArrayDataset, rows: int, arch: str, tmp: Path, bf16: bool) -> float:
     """Seconds per training image of building a real teacher cache (all views of `rows` rows)."""
     part, subset = limited(ds, rows)
     folded = fold_batchnorm(copy.deepcopy(teacher)).eval()
-    meta = plan_teacher_cache(part, arch=arch, checkpoint_sha256="0" * 64, feature_dim=int(teacher.feature_dim),
+    meta = plan_teacher_cache(part, arch=arch, checkpoint_sha256="0" * 64, feature_dim=_feature_dim(teacher),
                               pad=4, bf16=bf16, subset=subset)
     t0 = time.perf_counter()
     build_teacher_cache(folded, part, tmp / "built", meta, batch_size=1024, progress=False, checkpoint_seconds=60)
@@ -138,8 +145,8 @@ def build_pipeline(
         teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     crd = build_crd_loss(
-        student_dim=int(student.feature_dim),
-        teacher_dim=int(teacher.feature_dim),
+        student_dim=_feature_dim(student),
+        teacher_dim=_feature_dim(teacher),
         clip_dim=cache.meta.embed_dim,
         feature_lambda=0.7,
         embed_dim=128,
