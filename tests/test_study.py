@@ -180,7 +180,7 @@ def _write_spec(tmp_path: Path, archive: Path) -> Path:
         "compare": ["kd"],
         "analysis": {"threads": 1, "flows": ["teacher:kd"],
                      "predictors": {"teacher": ["--checkpoint", "{out}/teacher/model_last.pt", "--kind", "teacher"]},
-                     "robustness": {"limit": 20, "severities": [1], "corruptions": ["contrast"]}},
+                     "robustness": {"limit": 20, "severities": [1], "corruptions": ["contrast", "gaussian_noise"]}},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -274,3 +274,17 @@ def test_study_killed_mid_grid_then_rerun_skips_finished_runs(
 
     assert main(["study", str(spec), "--dry-run"]) == 0
     assert capsys.readouterr().out.count(": done, skipped] richkd train") == 5
+
+    # robustness: the models due were evaluated in one pass (each corrupted chunk made once); a model's numbers are
+    # those of a pass of its own (gaussian_noise draws random noise: the same images only if keyed the same way)
+    for key in runs:
+        assert len(json.loads((out / "robustness" / key / "robustness.json").read_text())["evaluated_with"]) >= 2
+    alone = tmp_path / "alone"
+    assert main(["robustness", "--checkpoint", f"kd_s1={runs['kd_s1'] / 'model_last.pt'}", "--dataset", "imagefolder",
+                 "--root", str(tiny_cifar10), "--split", "test", "--limit", "20", "--severities", "1", "--seed", "0",
+                 "--corruptions", "contrast,gaussian_noise", "--threads", "1", "--out", str(alone)]) == 0
+    own = json.loads((alone / "robustness.json").read_text())["models"]["kd_s1"]
+    shared = json.loads((out / "robustness" / "kd_s1" / "robustness.json").read_text())["models"]["kd_s1"]
+    assert own.pop("checkpoint_sha256") == shared.pop("checkpoint_sha256")
+    assert {k: v for k, v in own.items() if k != "checkpoint"} == {k: v for k, v in shared.items() if k != "checkpoint"}
+    assert "kd_s1" in (out / "robustness" / "kd_s1" / "robustness.md").read_text()

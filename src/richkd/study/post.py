@@ -5,7 +5,9 @@ Everything is an existing command called in-process (`richkd predict`, `analyze`
 (`build_report`); this module only decides their arguments and where the outputs go:
 
 OUT/predictions/<arm>_s<seed>.preds.safetensors   model_last.pt of each run on its test split (and extra predictors)
-OUT/robustness/<arm>_s<seed>/robustness.json      each run under the corruptions (same corrupted images for all)
+OUT/robustness/<arm>_s<seed>/robustness.json      each run under the corruptions (same corrupted images for all;
+                                                  the runs still missing are evaluated in one pass, so each
+                                                  corrupted chunk is generated once, not once per run)
 OUT/analysis/runs/analysis.json                   every run's predictions: the results table's quadrant columns
 OUT/analysis/report/analysis.json                 one seed per arm + extra predictors, flows: the report's figures
 OUT/robustness/report.json                        the same selection of robustness results, for the report
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,8 +82,23 @@ def _predict(argv: list[str], out: Path) -> None:
     call(["predict", *argv, "--out", str(out)])
 
 
-def _robustness(argv: list[str]) -> None:
-    call(["robustness", *argv])
+def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -> None:
+    """One `richkd robustness` over several models, split into one robustness.json (+ .md) per model.
+
+    Why one pass: making the corrupted images costs more than a resnet20 forward over them, and
+    `evaluate_robustness` corrupts each chunk once for all models; the images depend only on (seed, row ids), so
+    each model's numbers are those of a pass of its own (tests/test_study.py checks this).
+    """
+    from richkd.cli_robustness import render_markdown
+
+    batch = robust / "_pass"
+    call(["robustness", *(f"--checkpoint={key}={path}" for key, path in models.items()), *shared,
+          "--out", str(batch)])
+    whole = json.loads((batch / "robustness.json").read_text())
+    for key in models:
+        one = {**whole, "models": {key: whole["models"][key]}, "evaluated_with": sorted(models)}
+        write_json_atomic(robust / key / "robustness.json", one)
+        write_text_atomic(robust / key / "robustness.md", render_markdown(one))
 
 
 def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData, console: TextIO) -> None:
@@ -107,15 +124,37 @@ def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData,
                   *([] if rob.corruptions is None else ["--corruptions", ",".join(rob.corruptions)]), *speed]
         models = {run_key(arm, seed): run_dir(out, arm, seed) / "model_last.pt" for arm, seed in runs}
         models.update({name: Path(substitute(path, out=spec.out)) for name, path in rob.checkpoints.items()})
+        rpass = _RobustnessPass(shared, robust)
         for key, model in models.items():
             target = robust / key / "robustness.json"
-            todo.append((f"robustness_{key}", f"robustness of {key}", target, model, functools.partial(
-                _robustness, ["--checkpoint", f"{key}={model}", *shared, "--out", str(target.parent)])))
+            todo.append((f"robustness_{key}", f"robustness of {key}", target, model,
+                         functools.partial(rpass.step, key, model)))
     steps = StepRunner(out, len(todo), console)
-    for name, title, target, source, work in todo:
+    for name, _title, target, source, _work in todo:
         if source is not None:
             _forget_if_stale(steps, name, source)
+        if name.startswith("robustness_") and not steps.is_done(name, [target]):
+            rpass.due[name.removeprefix("robustness_")] = source or Path()
+    for name, title, target, _source, work in todo:
         steps.run(name, title, [target], work)
+
+
+@dataclass
+class _RobustnessPass:
+    """The models whose robustness step is due; the first of those steps to run evaluates them all at once."""
+
+    shared: list[str]
+    robust: Path
+    due: dict[str, Path] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
+
+    def step(self, key: str, model: Path) -> None:
+        if key in self.written:
+            return
+        self.due[key] = model
+        _robustness_pass(self.due, self.shared, self.robust)
+        self.written |= set(self.due)
+        self.due = {}
 
 
 def _analyze(files: dict[str, Path], folder: Path, spec: StudySpec, *, extras: bool) -> Path | None:
