@@ -85,9 +85,9 @@ def _predict(argv: list[str], out: Path) -> None:
 def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -> None:
     """One `richkd robustness` over several models, split into one robustness.json (+ .md) per model.
 
-    Why one pass: `evaluate_robustness` corrupts each chunk once for all its models, not once per run (the slow
-    corruptions - glass blur, zoom blur, elastic - are then paid once). The images depend only on (seed, row ids),
-    so each model's numbers are those of a pass of its own (tests/test_study.py checks this).
+    Why one pass: `evaluate_robustness` corrupts each chunk once for all its models, not once per run. The images
+    depend only on (seed, row ids), so each model's numbers are those of a pass of its own (tests/test_study.py
+    checks this).
     """
     from richkd.cli_robustness import render_markdown
 
