@@ -26,15 +26,13 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import environment, make_models, write_json  # noqa: E402
 
+from richkd.engine.device import cpu_flags  # noqa: E402
 
-def cpu_flags() -> dict[str, bool]:
-    """The instruction sets that decide fp32/bf16 throughput (from /proc/cpuinfo; all False where unreadable)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = ""
-    words = set(flags.split())
-    return {name: name in words for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+
+def cpu_flags_of_interest() -> dict[str, bool]:
+    """The instruction sets that decide fp32/bf16 throughput (all False where /proc/cpuinfo is unreadable)."""
+    flags = cpu_flags()
+    return {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, repeats: int, windows: int) -> list[float]:
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bf16 = matmul_gflops(min(args.n, 512), torch.bfloat16, 1, 2)
     peak = max(fp32)
     result: dict[str, Any] = {
-        "benchmark": "cpu_roofline", "pair": args.pair, "threads": args.threads, "cpu_flags": cpu_flags(),
+        "benchmark": "cpu_roofline", "pair": args.pair, "threads": args.threads, "cpu_flags": cpu_flags_of_interest(),
         "gflop_per_image": {k: v / 1e9 for k, v in flops.items()},
         "matmul_gflops_fp32": fp32, "matmul_gflops_bf16": bf16,
         "matmul_gflops_fp32_median": statistics.median(fp32), "matmul_gflops_bf16_median": statistics.median(bf16),

@@ -8,7 +8,7 @@ import torch
 
 from richkd.errors import RichKDError
 
-__all__ = ["bf16_is_fast", "check_device"]
+__all__ = ["bf16_is_fast", "check_device", "cpu_flags"]
 
 
 def check_device(spec: str, option: str = "--device") -> torch.device:
@@ -50,8 +50,14 @@ def bf16_is_fast(device: torch.device) -> bool:
         return True
     if device.type != "cpu":
         return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags from /proc/cpuinfo (empty where there is none, e.g. not Linux/x86)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -
         one = {**whole, "models": {key: whole["models"][key]}, "evaluated_with": sorted(models)}
         write_json_atomic(robust / key / "robustness.json", one)
         write_text_atomic(robust / key / "robustness.md", render_markdown(one))
+    shutil.rmtree(batch)  # the per-model files are the record; the combined scratch would go stale
 
 
 def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData, console: TextIO) -> None:
@@ -133,8 +135,8 @@ def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData,
     for name, _title, target, source, _work in todo:
         if source is not None:
             _forget_if_stale(steps, name, source)
-        if name.startswith("robustness_") and not steps.is_done(name, [target]):
-            rpass.due[name.removeprefix("robustness_")] = source or Path()
+        if name.startswith("robustness_") and source is not None and not steps.is_done(name, [target]):
+            rpass.due[name.removeprefix("robustness_")] = source
     for name, title, target, _source, work in todo:
         steps.run(name, title, [target], work)
 
