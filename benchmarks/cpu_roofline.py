@@ -7,7 +7,8 @@ cached step still runs the student's forward and backward, so it can never excee
 per image). FLOPs are counted by `torch.utils.flop_counter` (2 per multiply-add) on the real zoo models.
 
     python benchmarks/cpu_roofline.py --pair resnet32x4:resnet8x4 --threads 2 \
-        --step-json benchmarks/results/cpu_teacher_cache_quiet.json --out benchmarks/results/cpu_roofline.json
+        --step-json benchmarks/results/cpu_teacher_cache_resnet32x4_resnet8x4_quiet.json \
+        --out benchmarks/results/cpu_roofline_resnet32x4_resnet8x4.json
 """
 
 from __future__ import annotations
