@@ -288,3 +288,18 @@ def test_dkd_and_ls_kd_on_fused_targets_from_a_cli_cache(work: dict[str, Path]) 
         assert first[f"train/loss_{loss_key}"] > 0
         saved = (out / "config.yaml").read_text()
         assert "mode: vlm" in saved and "base:" not in saved  # the fully resolved config, no layers left
+
+
+def test_richkd_l_plus_a_feature_method_through_the_cli(work: dict[str, Path]) -> None:
+    """A feature distiller added to a fused logit distiller in one run: RichKD-L + FitNet on real images."""
+    out = work["base"] / "richkd_l_fitnet"
+    args = distil_args(work, out, "train.epochs=1", "train.max_steps_per_epoch=2", "data.test_limit=40")
+    args = [a for a in args if not a.startswith("distill.")]
+    richkd("train", "--method", "richkd-l", *args, "feature.method=fitnet", "feature.weight=50")
+    run = json.loads((out / "run.json").read_text())
+    assert run["loss"].endswith(" + 50*FitNet(hint=2)"), run["loss"]
+    assert "3.0*KD(T=3.0)" in run["loss"]
+    assert run["teacher_targets"].startswith("logits: z_F = 0.7*z_T + 0.3*1.0*z_C")
+    assert run["teacher_targets"].endswith("FitNet(hint=2): the teacher's own features (never fused)")
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train/loss_fitnet"] > 0 and first["train/loss_kd"] > 0 and first["train/loss_ce"] > 0

@@ -24,7 +24,7 @@ from richkd.data.batch import Batch
 from richkd.distill import DKD, KD, ContrastMemory
 from richkd.errors import RichKDError
 from richkd.losses import dkd_loss, kd_loss, standardize_logits
-from richkd.models import create_model
+from richkd.models import create_model, feature_shapes
 from richkd.recipes import PAIRS, method_names
 from richkd.recipes.compose import _HERE as RECIPES
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
@@ -98,12 +98,14 @@ def _one_step(cfg: RunConfig, cache: TargetCache) -> dict[str, float]:
     student = _student(cfg.model.student)
     teacher = None if cfg.model.teacher is None else _model(cfg.model.teacher)
     mode = cfg.fusion.mode
+    shapes = None if teacher is None else (feature_shapes(student, 32), feature_shapes(teacher, 32))
     distiller = build_distiller(
         cfg,
         student_dim=int(student.feature_dim),
         teacher_dim=int(getattr(teacher, "feature_dim", 0)),
         clip_dim=cache.meta.embed_dim if mode == "vlm" else None,
         train=train,
+        shapes=shapes,
     )
     targets: TargetSource | None = None
     if teacher is not None:
@@ -146,6 +148,8 @@ def test_every_pair_with_every_method_resolves_builds_and_steps(pair: str, tmp_p
             assert cfg.out_dir == f"runs/cifar100/{method}_{spec.teacher}_{spec.student}"
         terms = _one_step(cfg, cache)
         assert "ce" in terms, (method, terms)
+        if cfg.feature.method is not None:  # the feature presets: CE + the feature term, nothing else
+            assert set(terms) == {"ce", cfg.feature.method}, (method, terms)
     assert int(_model(spec.teacher).feature_dim) == spec.teacher_dim
     assert int(_model(spec.student).feature_dim) == spec.student_dim
 
@@ -198,7 +202,7 @@ def test_a_later_method_layer_replaces_the_distill_section() -> None:
     "kwargs, message",
     [
         ({"pair": "resnet32x4-resnet9", "method": "kd"}, "unknown pair 'resnet32x4-resnet9'"),
-        ({"method": "fitnet"}, "unknown method 'fitnet'"),
+        ({"method": "no-such-method"}, "unknown method 'no-such-method'"),
         ({"dataset": "cifar1000", "method": "kd"}, "unknown dataset 'cifar1000'"),
         ({"pair": "vgg13-vgg8"}, "--pair needs --method"),
     ],

@@ -21,6 +21,7 @@ from richkd.data.stream.splits import StreamSplit, open_stream_splits
 from richkd.data.subset import subset
 from richkd.data.views import exact_view_names, plain_view_id
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
+from richkd.distill.features import FEATURE_TERMS, FeatureOptions, WithFeature, build_feature_term
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
 from richkd.engine.checkpoint import load_model_file
@@ -30,7 +31,7 @@ from richkd.engine.io import file_sha256
 from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
-from richkd.models import create_model
+from richkd.models import FeatureShapes, create_model, feature_shapes
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.teachers.target_cache import TargetCache
 from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
@@ -89,10 +90,40 @@ def open_cache(cfg: RunConfig, train: Split, device: torch.device) -> TargetCach
 
 
 def build_distiller(
+    cfg: RunConfig,
+    *,
+    student_dim: int,
+    teacher_dim: int,
+    clip_dim: int | None,
+    train: Split,
+    shapes: tuple[FeatureShapes, FeatureShapes] | None = None,
+) -> Distiller:
+    """The method's loss, plus `feature.method`'s term when one is set (its connectors sized from `shapes`, the
+    student's and the teacher's shape tables)."""
+    logit = build_logit_distiller(cfg, student_dim=student_dim, teacher_dim=teacher_dim, clip_dim=clip_dim, train=train)
+    f = cfg.feature
+    if f.method is None:
+        return logit
+    if shapes is None:
+        raise ValueError("feature.method needs the student's and the teacher's shape tables")
+    options = FeatureOptions(
+        hint_layer=f.hint_layer,
+        at_p=f.at_p,
+        rkd_distance_weight=f.rkd_distance_weight,
+        rkd_angle_weight=f.rkd_angle_weight,
+        vid_init_pred_var=f.vid_init_pred_var,
+        kdsvd_k=f.kdsvd_k,
+    )
+    term = build_feature_term(f.method, shapes[0], shapes[1], options)
+    weight = FEATURE_TERMS.get(f.method).default_weight if f.weight is None else f.weight
+    return WithFeature(logit, term, weight=weight, key=f.method)
+
+
+def build_logit_distiller(
     cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: Split
 ) -> Distiller:
-    """The method's loss. Fusion is the teacher side's business: logits arrive fused from the target source, and a
-    feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given)."""
+    """The `distill` section's loss. Fusion is the teacher side's business: logits arrive fused from the target
+    source, and a feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given)."""
     d = cfg.distill
     if isinstance(d, VanillaConfig):
         return Vanilla(ce_weight=d.ce_weight)
@@ -203,7 +234,7 @@ def build_targets(
     cache built for exactly the run's subset (`richkd vlm cache --limit N`) both serve a subset run. The teacher is
     run online, or looked up in model.teacher_cache (then batches carry exact view ids, see `exact_views`).
     """
-    if isinstance(cfg.distill, VanillaConfig):
+    if isinstance(cfg.distill, VanillaConfig) and cfg.feature.method is None:
         return None, None, None, None
     teacher: nn.Module | CachedTeacher
     source: TargetSource
@@ -260,12 +291,18 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
     if cfg.train.channels_last:
         student = student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     clip_dim = cache.meta.embed_dim if cache is not None else None
+    shapes = None
+    if cfg.feature.method is not None:
+        assert isinstance(teacher, nn.Module)  # config.validate refuses a teacher cache with a feature method
+        size = cfg.data.image_size if streamed else int(train.images.shape[-1])  # type: ignore[union-attr]
+        shapes = (feature_shapes(student, size), feature_shapes(teacher, size))
     distiller = build_distiller(
         cfg,
         student_dim=int(student.feature_dim),
         teacher_dim=int(getattr(teacher, "feature_dim", 0)),
         clip_dim=clip_dim,
         train=train,
+        shapes=shapes,
     ).to(device)
     if cfg.train.compile:
         student = torch.compile(student)  # type: ignore[assignment]
@@ -410,8 +447,14 @@ def describe_targets(cfg: RunConfig, distiller: Distiller) -> str | None:
         s = cfg.vlm.logit_scale
         logits = f"z_F = {alpha}*z_T + {round(1 - alpha, 6)}*{s}*z_C (cache {cfg.vlm.cache}, views {cfg.vlm.view_mode})"
         features = f"f_F = normalize({cfg.feature_lambda}*P_T f_T + {round(1 - cfg.feature_lambda, 6)}*P_C f_C)"
-    has_features = getattr(distiller, "crd", None) is not None
-    return f"logits: {logits}" + (f"; features: {features}" if has_features else "")
+    logit = distiller.base if isinstance(distiller, WithFeature) else distiller
+    parts = []
+    if logit.needs_teacher:
+        has_features = getattr(logit, "crd", None) is not None
+        parts.append(f"logits: {logits}" + (f"; features: {features}" if has_features else ""))
+    if isinstance(distiller, WithFeature):
+        parts.append(f"{distiller.term.label}: the teacher's own features (never fused)")
+    return "; ".join(parts)
 
 
 def leaves_parameter_unused(cfg: RunConfig) -> bool:

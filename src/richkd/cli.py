@@ -204,6 +204,12 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     print("datasets (--dataset):", ", ".join(dataset_names()))
     print("methods  (--method): ", ", ".join(method_names()))
+    from richkd.distill.features import FEATURE_TERMS
+
+    print("feature methods (feature.method=NAME: adds to any --method, e.g. --method kd feature.method=at):")
+    for name in FEATURE_TERMS.names():
+        spec = FEATURE_TERMS.get(name)
+        print(f"  {name:<8} weight {spec.default_weight:<8g} reads {spec.taps:<18} {spec.paper}")
     print("pairs    (--pair):   teacher-student; lr = student lr when it differs from the recipe's")
     print(f"  {'pair':<24} {'family':<6} {'dims T/S':>10} {'lr':>5} {'DKD beta':>8}  source")
     for title, table in (("CIFAR (every --dataset but imagenet)", PAIRS), ("ImageNet (--dataset imagenet)",

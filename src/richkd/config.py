@@ -22,6 +22,7 @@ import yaml
 from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
+FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,18 @@ DISTILL_CONFIGS: dict[str, type] = {
 
 
 @dataclass(frozen=True)
+class FeatureConfig:
+    method: FeatureMethod | None = None  # a feature distiller added to distill's loss (None = none); any logit method
+    weight: float | None = None  # its loss weight; None = the method's mdistiller weight (`richkd recipes`)
+    hint_layer: int = 2  # fitnet: stage map index of the hint (mdistiller: 2)
+    at_p: float = 2.0  # at: attention map = mean over channels of |A|^p
+    rkd_distance_weight: float = 25.0  # rkd: weight of the distance term
+    rkd_angle_weight: float = 50.0  # rkd: weight of the angle term
+    vid_init_pred_var: float = 5.0  # vid: initial predicted variance
+    kdsvd_k: int = 1  # kdsvd: teacher singular vectors kept
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 0.05  # 0.01 for MobileNetV2/ShuffleNet students (reference recipe)
     momentum: float = 0.9  # SGD momentum, in [0, 1)
@@ -177,6 +190,7 @@ class RunConfig:
     vlm: VLMConfig = field(default_factory=VLMConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     distill: DistillConfig = field(default_factory=VanillaConfig)
+    feature: FeatureConfig = field(default_factory=FeatureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0  # seeds initialisation, shuffling and augmentation
@@ -214,13 +228,15 @@ class RunConfig:
         for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta"):
             value = getattr(d, name, 0.0)
             checks.append((value >= 0, f"distill.{name} must be >= 0 (got {value})"))
+        checks += self._feature_checks()
         for ok, message in checks:
             if not ok:
                 raise RichKDError(f"invalid config: {message}")
-        needs_teacher = d.method != "vanilla"
+        needs_teacher = d.method != "vanilla" or self.feature.method is not None
         if needs_teacher and (self.model.teacher is None or self.model.teacher_checkpoint is None):
+            method = d.method if self.feature.method is None else f"{d.method} + feature.method={self.feature.method}"
             raise RichKDError(
-                f"invalid config: method {d.method!r} needs model.teacher and model.teacher_checkpoint"
+                f"invalid config: method {method!r} needs model.teacher and model.teacher_checkpoint"
             )
         mode = self.fusion.mode
         if isinstance(d, RichKDConfig) and mode == "off":
@@ -242,6 +258,22 @@ class RunConfig:
         if isinstance(d, DKDConfig) and d.warmup_epochs < 0:
             raise RichKDError("invalid config: distill.warmup_epochs must be >= 0")
         self._validate_streamed()
+
+    def _feature_checks(self) -> list[tuple[bool, str]]:
+        f = self.feature
+        return [
+            (f.weight is None or f.weight >= 0, f"feature.weight must be >= 0 (got {f.weight})"),
+            (f.hint_layer >= 0, "feature.hint_layer must be >= 0"),
+            (f.at_p > 0, "feature.at_p must be > 0"),
+            (f.rkd_distance_weight >= 0 and f.rkd_angle_weight >= 0, "feature.rkd_*_weight must be >= 0"),
+            (f.vid_init_pred_var > 0, "feature.vid_init_pred_var must be > 0"),
+            (f.kdsvd_k >= 1, "feature.kdsvd_k must be >= 1"),
+            (
+                f.method is None or self.model.teacher_cache is None,
+                f"feature.method={f.method} reads the teacher's feature maps, which a teacher cache does not hold: "
+                "drop model.teacher_cache",
+            ),
+        ]
 
     def _validate_streamed(self) -> None:
         """data.name=imagenet: what streamed data supports (RandomResizedCrop views are not a finite family)."""

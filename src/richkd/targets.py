@@ -16,3 +16,4 @@ class TeacherTargets(NamedTuple):
     logits: Tensor  # [B, C] already fused when a vision-language term is in play
     pooled: Tensor | None  # [B, D_t] conventional teacher pooled features
     clip: ClipTargets | None  # raw vision-language outputs, for feature fusion
+    stages: tuple[Tensor, ...] | None = None  # the teacher's stage maps (online teacher only), for feature terms

@@ -18,10 +18,19 @@ from richkd.models import (  # noqa: F401  (imported to register their models)
     vgg,
     wrn,
 )
-from richkd.models.base import MODELS, ModelFactory, ZooModel
+from richkd.models.base import MODELS, FeatureShapes, ModelFactory, ZooModel, feature_shapes
 from richkd.models.output import ModelOutput
 
-__all__ = ["MODELS", "ModelFactory", "ModelOutput", "ZooModel", "create_model", "model_names"]
+__all__ = [
+    "MODELS",
+    "FeatureShapes",
+    "ModelFactory",
+    "ModelOutput",
+    "ZooModel",
+    "create_model",
+    "feature_shapes",
+    "model_names",
+]
 
 
 def create_model(name: str, num_classes: int) -> ZooModel:

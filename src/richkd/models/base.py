@@ -6,6 +6,7 @@ Families import `MODELS` from here (not from the package) so registration has no
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +45,37 @@ class ZooModel(nn.Module):
 ModelFactory = Callable[[int], ZooModel]  # num_classes -> fresh, randomly initialised model
 
 MODELS: Registry[ModelFactory] = Registry("model")
+
+
+@dataclass(frozen=True)
+class FeatureShapes:
+    """The shape table feature connectors are sized from: no distiller reaches into a model's modules.
+
+    `stages[i]` is (channels, height, width) of `ModelOutput.stages[i]` at the given input size; `pooled` is the
+    width of `ModelOutput.pooled`.
+    """
+
+    image_size: int
+    stages: tuple[tuple[int, int, int], ...]
+    pooled: int
+
+
+def feature_shapes(model: nn.Module, image_size: int) -> FeatureShapes:
+    """Measure a model's stage shapes with one dry forward of a zero image (as mdistiller's get_feat_shapes).
+
+    Runs in eval mode without gradients and restores the model's mode, so BatchNorm statistics are untouched.
+    """
+    was_training = model.training
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
+    stages = tuple((int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in out.stages)
+    return FeatureShapes(image_size=image_size, stages=stages, pooled=int(out.pooled.shape[1]))
 
 
 def global_avg_pool(x: Tensor) -> Tensor:

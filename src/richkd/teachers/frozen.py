@@ -36,7 +36,8 @@ class OnlineTeacher:
     def __call__(self, batch: Batch) -> TeacherTargets:
         with torch.no_grad():
             out = self.model(batch.images)
-        return TeacherTargets(logits=out.logits.float(), pooled=out.pooled.float(), clip=None)
+        stages = tuple(f.float() for f in out.stages)
+        return TeacherTargets(logits=out.logits.float(), pooled=out.pooled.float(), clip=None, stages=stages)
 
 
 class FusedTargets:
@@ -75,8 +76,8 @@ class FusedTargets:
     def __call__(self, batch: Batch) -> TeacherTargets:
         t = self.teacher(batch)
         if not self.use_vlm or self.cache is None:
-            return TeacherTargets(logits=self.logit_alpha * t.logits, pooled=t.pooled, clip=None)
+            return TeacherTargets(logits=self.logit_alpha * t.logits, pooled=t.pooled, clip=None, stages=t.stages)
         views = batch.views if self.vlm_view is None else torch.full_like(batch.views, self.vlm_view)
         clip = self.cache.lookup(self.cache_rows(batch.indices), views)
         fused = fuse_logits(t.logits, clip.cosines, self.logit_alpha, self.vlm_logit_scale)  # [B, C]
-        return TeacherTargets(logits=fused, pooled=t.pooled, clip=clip)
+        return TeacherTargets(logits=fused, pooled=t.pooled, clip=clip, stages=t.stages)

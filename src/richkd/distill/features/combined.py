@@ -1,0 +1,43 @@
+"""A feature term added to any logit distiller: "KD + AT", "DKD + fusion + FitNet", "RichKD-L + VID".
+
+The logit distiller keeps its own terms and its teacher side (`fusion.mode` acts on the logit targets only); the
+feature term reads the plain teacher's stage maps or pooled features and is logged under its own key.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from richkd.data.batch import Batch
+from richkd.distill.base import Distiller, require_teacher
+from richkd.distill.features.base import FeatureTerm
+from richkd.models.output import ModelOutput
+from richkd.targets import TeacherTargets
+
+__all__ = ["WithFeature"]
+
+
+class WithFeature(Distiller):
+    """``L = L_base + w · L_feature``; the feature term's key is its method name (e.g. ``"at"``)."""
+
+    def __init__(self, base: Distiller, term: FeatureTerm, *, weight: float, key: str) -> None:
+        super().__init__()
+        (self.weight,) = self.check_weights(**{f"{key} weight": weight})
+        if key in ("ce", "kd", "dkd", "crd", "feat"):
+            raise ValueError(f"feature term key {key!r} collides with a logit distiller's term")
+        self.base = base
+        self.term = term
+        self.key = key
+        self.needs_teacher = True
+        self.needs_clip = base.needs_clip
+        self.needs_indices = base.needs_indices
+
+    def forward(
+        self, student: ModelOutput, teacher: TeacherTargets | None, batch: Batch, progress: float
+    ) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = self.base(student, teacher, batch, progress)
+        terms[self.key] = self.weight * self.term(student, require_teacher(teacher, self.term.label))
+        return terms
+
+    def describe(self) -> str:
+        return f"{self.base.describe()} + {self.weight:g}*{self.term.label}"
