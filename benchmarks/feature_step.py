@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         term = build_feature_term(method, *shapes, FeatureOptions())
         combined = WithFeature(KD(temperature=4.0, kd_weight=0.9, ce_weight=0.1), term,
                                weight=FEATURE_TERMS.get(method).default_weight, key=method)
-        steps = {"kd": _step_fn(student, teacher, kd, batch), f"kd+{method}": _step_fn(student, teacher, combined, batch)}
+        steps = {
+            "kd": _step_fn(student, teacher, kd, batch),
+            f"kd+{method}": _step_fn(student, teacher, combined, batch),
+        }
         flops = {name: _flops(fn) for name, fn in steps.items()}
         rates, _ = timed_windows(steps, windows=args.windows, steps_per_window=args.steps, warmup=args.warmup,
                                  batch=args.batch, device=torch.device("cpu"))
