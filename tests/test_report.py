@@ -254,3 +254,58 @@ def test_robustness_without_corruptions_shows_tables_only(tmp_path: Path) -> Non
                             title="t")
     assert "| teacher | resnet20 | 90.00 | — | — | — | — | — | — | — |" in md
     assert "| cifar10.1 | 60.10 |" in md and "data:image/png" not in html
+
+
+def _selected(run: Path, on: str) -> Path:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update({"best_selected_on": on, **({"best_val_top1": 66.0} if on == "val" else {})})
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_best_is_labelled_with_the_split_that_chose_it(tmp_path: Path) -> None:
+    """issue 27 item 7: "best" is chosen on the test set unless data.val_split chose it; the table says which."""
+    old = [_run(tmp_path, "kd_s0", 71.0, 70.0), _run(tmp_path, "kd_s1", 73.0, 72.0)]  # summaries without the key
+    table = render_table(load_summaries(old))
+    assert table.splitlines()[0].startswith("| run | n | best top-1 (%, chosen on test) | last top-1 (%) |")
+    val = [_selected(_run(tmp_path, f"v_s{s}", 60.0, 61.0), "val") for s in (0, 1)]
+    table = render_table(load_summaries(val))
+    assert "| best top-1 (%, chosen on val) |" in table and "| v | 2 | 60.00 ± 0.00 |" in table
+    mixed = render_table(load_summaries([*old, *val]))
+    assert "chosen on test or val: see each cell" in mixed
+    assert "| kd | 2 | 72.00 ± 1.41 [test] |" in mixed and "| v | 2 | 60.00 ± 0.00 [val] |" in mixed
+    _, markdown = build_report(val, analysis=None, robustness=None, cost=None, title="t")
+    assert "best top-1 (%, chosen on val)" in markdown and "data.val_split" in markdown
+
+
+def test_study_table_labels_best_with_its_selection() -> None:
+    from richkd.report.sections.study import comparison_tables, results_table
+
+    def results(on: str | None) -> dict[str, Any]:
+        run = {"best_top1": 70.0} if on is None else {"best_top1": 70.0, "best_selected_on": on}
+        arm = {"title": "a", "seeds_asked": [0], "seeds_done": [0], "per_seed": {"0": run},
+               "summary": {"best_top1": {"n": 1, "mean": 70.0, "std": None}}}
+        return {"metrics": {"best_top1": {"label": "best top-1 (%)", "digits": 2, "higher_is_better": True}},
+                "arms": {"a": arm, "b": arm}, "compare": ["a"],
+                "comparisons": [{"arm": "b", "against": "a", "metric": "best_top1", "seeds": [0],
+                                 "differences": [0.0], "n": 1, "mean": 0.0, "low": None, "high": None,
+                                 "verdict": "one seed"}]}
+
+    assert "best top-1 (%, chosen on test)" in results_table(results(None)).headers
+    assert "best top-1 (%, chosen on val)" in results_table(results("val")).headers
+    (_, table), = comparison_tables(results("val"))
+    assert table.rows[0][1] == "best top-1 (%, chosen on val)"
+
+
+def test_validation_curve_is_read_and_drawn(tmp_path: Path) -> None:
+    from richkd.report.inputs import load_curve
+
+    run = _run(tmp_path, "v", 60.0, 61.0, epochs=2)
+    records = [{"epoch": 1, "train/loss": 2.0, "test/top1": 50.0, "val/top1": 45.0},
+               {"epoch": 2, "train/loss": 1.0, "test/top1": 61.0, "val/top1": 55.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve = load_curve(run)
+    assert curve is not None and curve.val_epochs == (1, 2) and curve.val_top1 == (45.0, 55.0)
+    fig = F.plot_training_curves({"v": curve})
+    dashed = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [45.0, 55.0]

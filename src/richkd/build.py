@@ -19,6 +19,7 @@ from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset
 from richkd.data.stream.splits import StreamSplit, open_stream_splits
 from richkd.data.subset import subset
+from richkd.data.valsplit import ValSplit, split_validation
 from richkd.data.views import exact_view_names, plain_view_id
 from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
 from richkd.distill.features import FEATURE_TERMS, FeatureOptions, WithFeature, build_feature_term
@@ -284,6 +285,12 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         full_train, test = load_data(cfg)
         train, row_map = subset(full_train, cfg.data.train_limit)
         test, _ = subset(test, cfg.data.test_limit)
+    val: ArrayDataset | None = None
+    val_split: ValSplit | None = None
+    if cfg.data.val_split > 0:  # config.validate refuses it on streamed data
+        assert isinstance(train, ArrayDataset)
+        train, val, val_split = split_validation(train, row_map, cfg.data.val_split, cfg.seed)
+        row_map = val_split.train_ids  # caches and memory banks stay keyed by the full split's row ids
     targets, teacher, cache, cache_row_map = build_targets(cfg, full_train, row_map, device)
     student = create_model(cfg.model.student, len(train.classes)).to(device)
     if cfg.train.sync_bn:
@@ -349,6 +356,8 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         )
         test_data = DeviceData(test, device)
     t = cfg.train
+    val_data = DeviceData(val, device) if val is not None else None
+    val_record = val_split.record() if val_split is not None else None
     parts = FitParts(
         student=student,
         arch=cfg.model.student,
@@ -371,6 +380,8 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         max_steps_per_epoch=t.max_steps_per_epoch,
         stop_after=t.stop_after,
         find_unused_parameters=leaves_parameter_unused(cfg),
+        val_data=val_data,
+        val_rows_sha256=val_record["val_rows_sha256"] if val_record is not None else None,
     )
     provenance = {
         "richkd_version": __version__,
@@ -384,6 +395,8 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         "teacher_targets": describe_targets(cfg, distiller),
         "train_rows": len(train),
         "test_rows": len(test_data),
+        "best_selected_on": "val" if val_record is not None else "test",
+        "val_split": val_record,
         "dataset_source": describe_source(full_train),
         "lr": lr,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,

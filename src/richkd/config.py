@@ -35,6 +35,8 @@ class DataConfig:
     test_split: str = "test"  # evaluated after every train.eval_every epochs
     train_limit: int | None = None  # keep a stratified subset of this many training rows (reduced-scale runs)
     test_limit: int | None = None  # evaluate on a stratified subset of this many test rows
+    val_split: float = 0.0  # hold out this seeded (run seed), stratified fraction of the training rows (after
+    # train_limit) and choose the best epoch on it instead of on the test set; 0 = off (reference protocol)
     augment: bool = True  # random crop (pad 4) + horizontal flip on the training set
     pad: int = 4  # random-crop padding in pixels
     workers: int = 4  # imagenet: decode/augment processes per training process (0 = in-process); data.root
@@ -221,6 +223,8 @@ class RunConfig:
             (self.data.pad >= 0, "data.pad must be >= 0"),
             (self.data.train_limit is None or self.data.train_limit >= 1, "data.train_limit must be >= 1"),
             (self.data.test_limit is None or self.data.test_limit >= 1, "data.test_limit must be >= 1"),
+            (0.0 <= self.data.val_split < 1.0,
+             f"data.val_split must be a fraction in (0, 1), or 0 for none (got {self.data.val_split})"),
             (o.lr_reference_batch is None or o.lr_reference_batch >= 1, "optim.lr_reference_batch must be >= 1"),
         ]
         temperature = getattr(d, "temperature", 1.0)
@@ -291,6 +295,9 @@ class RunConfig:
             (data.train_limit is not None or data.test_limit is not None,
              "data.train_limit/test_limit are not supported: make a smaller folder or shard set instead"),
             (not data.augment, "data.augment=false is not supported (training always uses RandomResizedCrop + flip)"),
+            (data.val_split > 0,
+             "data.val_split is not supported (the streamed split cannot hold rows out yet): hold out a folder of "
+             "images as its own split instead, or drop data.val_split"),
         ]
         for bad, message in refused:
             if bad:

@@ -1,5 +1,6 @@
 """The training loop: method-agnostic (a distiller returns weighted named terms), resumable to the same
-result, evaluating every epoch and recording best- AND last-epoch accuracy."""
+result, evaluating every epoch and recording best- AND last-epoch accuracy. The best epoch is chosen on a held-out
+validation split when the run has one (data.val_split), else on the test set (the reference protocol)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ class FitParts:
     max_steps_per_epoch: int | None = None
     stop_after: int | None = None
     find_unused_parameters: bool = False  # DDP: some trainable parameter never enters the loss
+    val_data: DeviceData | None = None  # held-out training rows (data.val_split): they choose the best epoch
+    val_rows_sha256: str | None = None  # which rows val_data holds; a resume must hold the same ones
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -252,7 +255,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     device = parts.test_data.device
     generator = torch.Generator().manual_seed(parts.seed)
     step_module: nn.Module = StepModule(parts.student, parts.distiller)
-    best = {"top1": -math.inf, "epoch": 0, "top5": 0.0}
+    best: dict[str, Any] = {"top1": -math.inf, "epoch": 0, "top5": 0.0, "score": -math.inf}
     start_epoch = 0
     wall = 0.0
     last: dict[str, Any] = {}  # the latest evaluation
@@ -264,6 +267,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         parts.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], generator)
         start_epoch, best, wall = state["epoch"], state["best"], state["wall_s"]
+        _check_same_val_rows(state.get("val_rows_sha256"), parts.val_rows_sha256, ckpt_path)
         # the checkpoint also carries its epoch's record and last evaluation: a run killed after saving its
         # final checkpoint but before metrics.jsonl or summary.json still finishes on --resume
         last_record, last = state.get("record"), state.get("last", {})
@@ -290,8 +294,11 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         if (epoch + 1) % parts.eval_every == 0 or is_last:
             metrics = _evaluate(parts)
             record.update({f"test/{k}": v for k, v in metrics.items()})
-            if metrics["top1"] > best["top1"]:
-                best = {"top1": metrics["top1"], "epoch": epoch + 1, "top5": metrics["top5"]}
+            val = _evaluate(parts, parts.val_data) if parts.val_data is not None else None
+            record.update({f"val/{k}": v for k, v in (val or {}).items()})
+            improved = select_best(best, epoch + 1, metrics, val)
+            if improved is not None:
+                best = improved
                 if dist.is_main():
                     save_model(
                         run_dir / "model_best.pt",
@@ -321,6 +328,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                     "optimizer": parts.optimizer.state_dict(),
                     "rng": _rng_state(generator),
                     "best": best,
+                    "val_rows_sha256": parts.val_rows_sha256,
                     "wall_s": wall,
                     "record": record,
                     "last": last,
@@ -333,10 +341,13 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         return {"stopped_at_epoch": end_epoch, "epochs": parts.schedule.epochs}
     if not last or (start_epoch == parts.schedule.epochs and (run_dir / "summary.json").exists()):
         raise RichKDError(f"nothing to train: the run in {run_dir} already finished; use a new out_dir")
+    on_val = parts.val_data is not None
     summary = {
         "best_top1": best["top1"],
         "best_top5": best["top5"],
         "best_epoch": best["epoch"],
+        "best_selected_on": "val" if on_val else "test",
+        **({"best_val_top1": best["val_top1"]} if on_val else {}),
         "last_top1": last["top1"],
         "last_top5": last["top5"],
         "last_nll": last["nll"],
@@ -344,20 +355,57 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         "epochs": parts.schedule.epochs,
         "train_wall_s": wall,
         "loss": parts.distiller.describe(),
-        "note": "best_* is the best test accuracy over epochs (reference protocol: selected on the test set); "
-        "last_* is the final epoch",
+        "note": SELECTED_ON_VAL_NOTE if on_val else SELECTED_ON_TEST_NOTE,
     }
     if dist.is_main():
         write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
-def _evaluate(parts: FitParts) -> dict[str, float]:
-    if isinstance(parts.test_data, StreamEval):
+SELECTED_ON_TEST_NOTE = (
+    "best_* is the test accuracy of the epoch with the best test accuracy: chosen on the test set (reference "
+    "protocol), so it is optimistic; last_* is the final epoch"
+)
+SELECTED_ON_VAL_NOTE = (
+    "best_* is the test accuracy at best_epoch, the epoch with the best accuracy on the held-out validation rows "
+    "(data.val_split, best_val_top1; never trained on); last_* is the final epoch"
+)
+
+
+def select_best(
+    best: dict[str, Any], epoch: int, test: dict[str, float], val: dict[str, float] | None
+) -> dict[str, Any] | None:
+    """The new best record if `epoch` beats `best`, else None. The score is validation top-1 when the run holds
+    rows out, else test top-1; ties keep the earlier epoch. `top1`/`top5` are always the test accuracy AT that
+    epoch (a checkpoint from before data.val_split has no score: it selected on test top-1)."""
+    score = val["top1"] if val is not None else test["top1"]
+    if score <= best.get("score", best["top1"]):
+        return None
+    new = {"top1": test["top1"], "epoch": epoch, "top5": test["top5"], "score": score}
+    if val is not None:
+        new["val_top1"] = val["top1"]
+    return new
+
+
+def _check_same_val_rows(saved: str | None, current: str | None, ckpt_path: Path) -> None:
+    """A resume must validate on the rows the run started with (the split is rebuilt from data and seed)."""
+    if saved != current:
+        raise RichKDError(
+            f"--resume: the validation rows differ from those {ckpt_path} was trained with (sha256 "
+            f"{saved or 'none'} vs {current or 'none'}): were the training images or labels changed? start a "
+            "new out_dir"
+        )
+
+
+def _evaluate(parts: FitParts, data: DeviceData | None = None) -> dict[str, float]:
+    """Metrics of the student on `data` (the held-out validation rows), or on the test split when None."""
+    if data is None and isinstance(parts.test_data, StreamEval):
         return parts.test_data.evaluate(parts.student, bf16=parts.bf16, channels_last=parts.channels_last)
+    target = data if data is not None else parts.test_data
+    assert isinstance(target, DeviceData)
     return evaluate_model(
         parts.student,
-        parts.test_data,
+        target,
         mean=parts.test_mean,
         std=parts.test_std,
         batch_size=parts.eval_batch_size,
@@ -368,7 +416,7 @@ def _evaluate(parts: FitParts) -> dict[str, float]:
 
 def _format_record(record: dict[str, Any], epochs: int) -> str:
     """`epoch 3/40  lr=0.05  train_loss=1.2  train_top1=55.1  test_top1=60.2  test_top5=95.1  train_s=21.3`."""
-    keys = ["lr", "train/loss", "train/top1", "test/top1", "test/top5", "time/train_s"]
+    keys = ["lr", "train/loss", "train/top1", "val/top1", "test/top1", "test/top5", "time/train_s"]
     fields = [f"{k.split('/')[-1] if k.startswith('time/') else k.replace('/', '_')}={record[k]:.4g}"
               for k in keys if k in record]
     return f"epoch {record['epoch']}/{epochs}  " + "  ".join(fields)

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 CARD_FORMAT = "richkd-model-card"
 CARD_VERSION = 1
 CARD_NAME = "model_card.json"
+CHOSEN_ON_TEST_NOTE = ("percent on the run's test split; best_* is chosen on that same test split (reference "
+                       "protocol, optimistic): best (chosen on test)")
+CHOSEN_ON_VAL_NOTE = ("percent on the run's test split; best_* is the test accuracy at the epoch chosen on held-out "
+                      "training rows (data.val_split, best_val_top1): best (chosen on val)")
 
 
 @dataclass(frozen=True)
@@ -128,15 +132,18 @@ def _accuracy(run: RunInfo, source: Path) -> dict[str, Any] | None:
     if not s:
         return None
     this = "best" if source.name == "model_best.pt" else "last"
+    chosen = str(s.get("best_selected_on", "test"))  # runs before data.val_split all selected on test
     return {
         "this_checkpoint": this,
         "top1": s.get(f"{this}_top1"),
         "best_top1": s.get("best_top1"),
         "best_epoch": s.get("best_epoch"),
+        "best_selected_on": chosen,
+        **({"best_val_top1": s.get("best_val_top1")} if chosen == "val" else {}),
         "last_top1": s.get("last_top1"),
         "epochs": s.get("epochs"),
         "split": run.get("data.test_split") or "test",
-        "note": "percent on the run's test split; best_* was selected on that same split (reference protocol)",
+        "note": CHOSEN_ON_VAL_NOTE if chosen == "val" else CHOSEN_ON_TEST_NOTE,
     }
 
 

@@ -255,7 +255,8 @@ def plot_cost(names: Sequence[str], params: Sequence[float], flops: Sequence[flo
 
 
 def plot_training_curves(runs: Mapping[str, Curve]) -> Figure:
-    """Test top-1 and train loss vs epoch, one line per run (seeds of one arm share a colour)."""
+    """Test top-1 and train loss vs epoch, one line per run (seeds of one arm share a colour); a run with a
+    held-out validation split (data.val_split) adds its validation top-1 dashed, the curve that chose its best."""
     fig = new_figure(13, 4.6)
     ax_acc, ax_loss = fig.subplots(1, 2)
     arms: dict[str, str] = {}
@@ -264,10 +265,15 @@ def plot_training_curves(runs: Mapping[str, Curve]) -> Figure:
         color = arms.setdefault(arm, f"C{len(arms) % 10}")
         ax_acc.plot(curve.test_epochs, curve.test_top1, color=color, marker="." if len(curve.test_epochs) < 30
                     else None, label=run)
+        if curve.val_epochs:
+            ax_acc.plot(curve.val_epochs, curve.val_top1, color=color, linestyle="--", label=f"{run} (val)",
+                        marker="." if len(curve.val_epochs) < 30 else None)
         # markers: a one-epoch run is a single point, which a line without markers does not draw
         ax_loss.plot(curve.loss_epochs, curve.train_loss, color=color, label=run,
                      marker="." if len(curve.loss_epochs) < 30 else None)
-    ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="Test top-1 accuracy")
+    has_val = any(curve.val_epochs for curve in runs.values())
+    ax_acc.set(xlabel="epoch", ylabel="top-1 (%): test, dashed val" if has_val else "test top-1 (%)",
+               title="Test (and validation) top-1 accuracy" if has_val else "Test top-1 accuracy")
     # log scale: distillers' summed losses (RichKD's ~20) would otherwise flatten the CE-only curves
     ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms, log scale)", title="Training loss", yscale="log")
     for ax in (ax_acc, ax_loss):

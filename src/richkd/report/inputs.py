@@ -127,6 +127,8 @@ class Curve:
     train_loss: tuple[float, ...]
     test_epochs: tuple[int, ...]
     test_top1: tuple[float, ...]
+    val_epochs: tuple[int, ...] = ()  # held-out training rows (data.val_split): what chose the best epoch
+    val_top1: tuple[float, ...] = ()
 
 
 def load_curve(run_dir: Path) -> Curve | None:
@@ -134,7 +136,7 @@ def load_curve(run_dir: Path) -> Curve | None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
-    loss_epochs, loss, test_epochs, top1 = [], [], [], []
+    loss_epochs, loss, test_epochs, top1, val_epochs, val_top1 = [], [], [], [], [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -149,4 +151,8 @@ def load_curve(run_dir: Path) -> Curve | None:
         if "test/top1" in record:
             test_epochs.append(epoch)
             top1.append(float(record["test/top1"]))
-    return Curve(tuple(loss_epochs), tuple(loss), tuple(test_epochs), tuple(top1))
+        if "val/top1" in record:
+            val_epochs.append(epoch)
+            val_top1.append(float(record["val/top1"]))
+    return Curve(tuple(loss_epochs), tuple(loss), tuple(test_epochs), tuple(top1), tuple(val_epochs),
+                 tuple(val_top1))

@@ -1,5 +1,8 @@
 """Summaries of finished runs as tables: mean ± std over seeds of best- and last-epoch accuracy.
 
+"Best" is labelled with what chose the epoch: the test set (reference protocol, optimistic) unless the run held
+out a validation split (data.val_split; summary.json `best_selected_on`).
+
 Runs are grouped by directory name with a trailing `_s<seed>` removed, or, for a study's `<arm>/s<seed>` run
 directories, by the arm's folder. Also holds the one `Table` type every
 report section uses, so Markdown and HTML show the same numbers. Imports no torch (cheap to run anywhere).
@@ -88,6 +91,29 @@ def load_summaries(run_dirs: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
+def selected_on(summary: dict[str, Any]) -> str:
+    """What chose a run's best epoch: "val" (data.val_split) or "test" (every run before best_selected_on
+    existed selected on the test set)."""
+    return str(summary.get("best_selected_on", "test"))
+
+
+def best_label(sources: set[str], what: str = "best top-1 (%") -> str:
+    """Column header of a best-epoch accuracy, naming the split that chose the epoch; mixed sources are marked
+    per cell (see `best_cell`)."""
+    if sources == {"val"}:
+        return f"{what}, chosen on val)"
+    if sources <= {"test"}:
+        return f"{what}, chosen on test)"
+    return f"{what}, chosen on test or val: see each cell)"
+
+
+def best_cell(text: str, sources: set[str], all_sources: set[str]) -> str:
+    """A best-accuracy cell; marked with its selection split only when the column mixes test and val."""
+    if len(all_sources) < 2:
+        return text
+    return f"{text} [{'+'.join(sorted(sources))}]"
+
+
 def mean_std(values: Sequence[float], digits: int = 2) -> str:
     """`m ± s` with the sample std; a single value is shown alone (no std from one seed)."""
     if len(values) == 1:
@@ -97,7 +123,9 @@ def mean_std(values: Sequence[float], digits: int = 2) -> str:
 
 def summary_table(groups: dict[str, list[dict[str, Any]]]) -> Table:
     """One row per group; std is the sample standard deviation over seeds (n in its own column)."""
-    headers = ("run", "n", "best top-1 (%)", "last top-1 (%)", "last top-5 (%)", "last ECE", "train wall (s/run)")
+    sources = {name: {selected_on(r) for r in runs} for name, runs in groups.items()}
+    every = set().union(*sources.values())
+    headers = ("run", "n", best_label(every), "last top-1 (%)", "last top-5 (%)", "last ECE", "train wall (s/run)")
     rows = []
     for name, runs in groups.items():
         col = {key: [float(r[key]) for r in runs] for key in ("best_top1", "last_top1", "last_top5", "last_ece")}
@@ -106,7 +134,7 @@ def summary_table(groups: dict[str, list[dict[str, Any]]]) -> Table:
             (
                 name,
                 str(len(runs)),
-                mean_std(col["best_top1"]),
+                best_cell(mean_std(col["best_top1"]), sources[name], every),
                 mean_std(col["last_top1"]),
                 mean_std(col["last_top5"]),
                 mean_std(col["last_ece"], 3),

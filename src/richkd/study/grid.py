@@ -177,7 +177,9 @@ def _outcome(job: Job) -> str:
     if job.run_dir is None or not (job.run_dir / "summary.json").is_file():
         return ""
     summary = json.loads((job.run_dir / "summary.json").read_text())
-    return f": best top-1 {summary.get('best_top1', float('nan')):.2f} %, last {summary.get('last_top1', 0.0):.2f} %"
+    chosen = summary.get("best_selected_on", "test")
+    return (f": best top-1 (chosen on {chosen}) {summary.get('best_top1', float('nan')):.2f} %, "
+            f"last {summary.get('last_top1', 0.0):.2f} %")
 
 
 def run_jobs(jobs: Iterable[Job], *, parallel: int, threads: int, console: TextIO) -> list[Job]:

@@ -24,7 +24,7 @@ __all__ = ["METRICS", "collect_results", "render_results_markdown", "write_resul
 
 # key -> (label, digits, higher is better)
 METRICS: dict[str, tuple[str, int, bool]] = {
-    "best_top1": ("best top-1 (%)", 2, True),
+    "best_top1": ("best top-1 (%, chosen on test)", 2, True),
     "last_top1": ("last top-1 (%)", 2, True),
     "nll": ("NLL", 3, False),
     "ece": ("ECE (%)", 2, False),
@@ -72,6 +72,7 @@ def _run_metrics(spec: StudySpec, arm: str, seed: int, analysis: Mapping[str, An
         "mean_corruption_accuracy": scaled(mca),
         "train_wall_s": scaled(summary.get("train_wall_s")),
         "epochs": summary.get("epochs"),
+        "best_selected_on": summary.get("best_selected_on", "test"),
         "run_dir": str(folder),
     }
 
