@@ -324,3 +324,34 @@ def test_batch_maker_strong_view_is_seeded_and_leaves_the_weak_view_alone() -> N
     assert not torch.equal(first.strong.images, first.images)
     assert torch.equal(first.strong.indices, rows) and torch.equal(first.strong.labels, first.labels)
     assert torch.equal(first.strong.views, torch.zeros(16, dtype=torch.int64))  # plain view served with it
+
+
+# ---------------------------------------------------------------------------------------------------- config wiring
+
+
+def test_ctkd_config_builds_a_learned_temperature_scaled_with_the_run() -> None:
+    from richkd.build import build_distiller
+    from richkd.config import load_config
+
+    cfg = load_config(None, ["model.teacher=resnet8", "model.teacher_checkpoint=x.pt", "train.epochs=40",
+                             "distill.ctkd_loops=4"], method="dkd-ctkd", dataset="cifar100")
+    d = build_distiller(cfg, student_dim=64, teacher_dim=64, clip_dim=None, train=None)  # type: ignore[arg-type]
+    ctkd = dict(d.named_modules())["ctkd"]
+    assert isinstance(ctkd, CurriculumTemperature) and ctkd.period == pytest.approx(0.1)
+    assert [n for n, _ in d.named_parameters()] == ["ctkd.theta"]  # so build_fit hands it to the optimizer
+    assert "CTKD(" in d.describe()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["model.teacher_cache=somewhere"], "teacher_cache"),
+        (["data.name=imagenet"], "imagenet"),
+    ],
+)
+def test_mlkd_refuses_what_cannot_serve_its_strong_view(overrides: list[str], needle: str) -> None:
+    from richkd.config import load_config
+
+    base = ["model.teacher=resnet8", "model.teacher_checkpoint=x.pt"]
+    with pytest.raises(RichKDError, match=needle):
+        load_config(None, [*base, *overrides], method="mlkd", dataset="cifar100")
