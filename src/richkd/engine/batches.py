@@ -99,9 +99,9 @@ class BatchMaker:
         self, raw: Tensor, rows: Tensor, labels: Tensor, world_size: int, mine: slice,
         generator: torch.Generator | None,
     ) -> Batch:
-        """MLKD's strong view of the same rows: its own crop/flip, RandAugment(2) and Cutout (data.augment), drawn
-        for the global batch like the weak view's. A vision-language cache holds no entry for such an image, so the
-        view id served with it is the plain view's: fusion reads the same row's un-augmented cosines."""
+        """MLKD's strong view of the same rows: its own crop/flip, RandAugment(2) and Cutout (whatever data.augment
+        says), drawn for the global batch like the weak view's. A vision-language cache holds no entry for such an
+        image, so the view id served with it is the plain view's: fusion reads the same row's un-augmented cosines."""
         drawn = sample_strong_augment(rows.numel() * world_size, pad=self.pad, generator=generator)
         params = StrongAugment(
             CropFlip(drawn.crop.dx[mine], drawn.crop.dy[mine], drawn.crop.flip[mine]),
