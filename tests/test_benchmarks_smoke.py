@@ -90,3 +90,15 @@ def test_cpu_roofline_counts_flops_by_hand_and_states_the_target(tmp_path: Path)
     ratio = per_image["reference_step"] / per_image["student_forward_backward"]
     assert abs(result["ceiling_ratio_by_flops"] - ratio) < 1e-9
     assert result["matmul_gflops_fp32_median"] > 0 and set(result["cpu_flags"]) >= {"avx2", "amx_bf16"}
+
+
+def test_mlkd_step_benchmark_runs(tmp_path: Path) -> None:
+    result = _run(
+        "mlkd_step.py",
+        *("--pair", "resnet8:resnet8", "--rows", "64", "--classes", "10", "--batch", "8"),
+        *("--windows", "2", "--steps", "1", "--warmup", "0", "--threads", "1"),
+        out=tmp_path / "mlkd.json",
+    )
+    assert set(result["ms_per_batch"]) == {"strong_aug", "student_step", "kd_step", "mlkd_step"}
+    assert result["strong_aug_over_student_step"] > 0 and result["mlkd_step_over_kd_step"] > 0
+    assert result["environment"]["cpu"]

@@ -303,3 +303,42 @@ def test_richkd_l_plus_a_feature_method_through_the_cli(work: dict[str, Path]) -
     assert run["teacher_targets"].endswith("FitNet(hint=2): the teacher's own features (never fused)")
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["train/loss_fitnet"] > 0 and first["train/loss_kd"] > 0 and first["train/loss_ce"] > 0
+
+
+def test_mlkd_fusion_dist_ls_and_ctkd_through_the_cli(work: dict[str, Path]) -> None:
+    """Issue 22 end to end on the real images: MLKD + fusion from a `richkd vlm cache` cache (both views fused),
+    DIST + logit standardisation, and CTKD's learned temperature logged per epoch."""
+    cache = work["base"] / "cli_cache_logit"
+    richkd("vlm", "cache", "--dataset", "imagefolder", "--root", str(work["archive"]), "--split", "train",
+           "--teacher", "random:3", "--out", str(cache), "--threads", "1", "--batch-size", "64")
+    common = [
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "data.test_limit=40",
+        "model.student=resnet8",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
+        "train.max_steps_per_epoch=2",
+    ]
+    out = work["base"] / "mlkd-fusion"
+    richkd("train", "--method", "mlkd-fusion", *common, f"vlm.cache={cache}", "train.epochs=1", f"out_dir={out}")
+    run = json.loads((out / "run.json").read_text())
+    assert run["teacher_targets"].startswith("logits: z_F = 0.7*z_T + 0.3*1.0*z_C"), run["teacher_targets"]
+    assert "strong view" in run["teacher_targets"] and "MLKD(T=4.0" in run["loss"]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(first[f"train/loss_{k}"] > 0 for k in ("ce", "kd", "cc", "bc")), first
+
+    out = work["base"] / "dist-ls"
+    richkd("train", "--method", "dist", *common, "distill.logit_standardize=true", "train.epochs=1", f"out_dir={out}")
+    run = json.loads((out / "run.json").read_text())
+    assert "1.0*LS-DIST(beta=2.0, gamma=2.0, tau=4.0)" in run["loss"], run["loss"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train/loss_dist"] > 0
+
+    out = work["base"] / "ctkd"
+    richkd("train", "--method", "ctkd", *common, "train.epochs=2", "distill.ctkd_loops=1", f"out_dir={out}")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ctkd/lambda"] for r in records] == [-1.0, -1.0]  # loops = 1 epoch: fully reversed from epoch 1
+    temps = [r["ctkd/temperature"] for r in records]
+    assert all(1.0 < t < 21.0 for t in temps) and temps[0] != temps[1], temps  # learned, inside [1, 21]
+    assert "CTKD(" in json.loads((out / "run.json").read_text())["loss"]

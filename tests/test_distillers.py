@@ -212,10 +212,14 @@ def build_all() -> dict[str, Distiller]:
     return out
 
 
+# pinned against transcriptions of their reference code instead of golden values: tests/test_logit_distillers.py
+LOGIT_METHODS_TESTED_ELSEWHERE = {"mlkd", "dist"}
+
+
 def test_every_registered_method_is_covered() -> None:
-    assert set(DISTILLERS.names()) == {"vanilla", "kd", "dkd", "crd", "richkd"}
+    assert set(DISTILLERS.names()) == {"vanilla", "kd", "dkd", "crd", "richkd", *LOGIT_METHODS_TESTED_ELSEWHERE}
     built = build_all()
-    for name in DISTILLERS.names():
+    for name in set(DISTILLERS.names()) - LOGIT_METHODS_TESTED_ELSEWHERE:
         assert isinstance(built[name], DISTILLERS.get(name))
 
 

@@ -20,8 +20,9 @@ import yaml
 from richkd.build import build_distiller, describe_targets
 from richkd.config import RunConfig, load_config, load_config_with_layers
 from richkd.data.arrays import ArrayDataset
+from richkd.data.augment import apply_strong_augment, sample_strong_augment
 from richkd.data.batch import Batch
-from richkd.distill import DKD, KD, ContrastMemory
+from richkd.distill import DKD, KD, ContrastMemory, StrongView
 from richkd.errors import RichKDError
 from richkd.losses import dkd_loss, kd_loss, standardize_logits
 from richkd.models import create_model, feature_shapes
@@ -34,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 N_ROWS, N_CLASSES, BATCH = 200, 100, 2
 # the issue's list: vanilla, KD, DKD, CRD, RichKD-L, RichKD-F, RichKD-L+F, control, DKD+fusion (+ the rest)
 REQUIRED_METHODS = {"vanilla", "kd", "dkd", "crd", "richkd-l", "richkd-f", "richkd-lf", "control", "dkd-fusion"}
+# issue 22: MLKD, DIST and CTKD, each with its fusion and control arms
+REQUIRED_METHODS |= {f"{m}{arm}" for m in ("mlkd", "dist", "ctkd") for arm in ("", "-fusion", "-control")}
+REQUIRED_METHODS |= {"mlkd-ls", "mlkd-reference", "dkd-ctkd", "richkd-l-ctkd"}
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +125,14 @@ def _one_step(cfg: RunConfig, cache: TargetCache) -> dict[str, float]:
     batch = Batch(train.images[indices].float() / 255, train.labels[indices], indices, torch.zeros(BATCH).long())
     params = [p for p in [*student.parameters(), *distiller.parameters()] if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.optim.lr)
-    terms = distiller(student(batch.images), None if targets is None else targets(batch), batch, 0.5)
+    teacher_targets = None if targets is None else targets(batch)
+    if distiller.needs_strong_view:  # MLKD: the strong view through the student and the teacher side, as trainer.py
+        drawn = sample_strong_augment(BATCH, generator=torch.Generator().manual_seed(0))
+        strong = batch._replace(images=apply_strong_augment(train.images[indices], drawn).float() / 255)
+        view = StrongView(student(strong.images), None if targets is None else targets(strong))
+        terms = distiller(student(batch.images), teacher_targets, batch, 0.5, strong=view)
+    else:
+        terms = distiller(student(batch.images), teacher_targets, batch, 0.5)
     loss = sum(terms.values())
     assert isinstance(loss, torch.Tensor) and torch.isfinite(loss)
     optimizer.zero_grad()
@@ -139,6 +150,8 @@ def test_every_pair_with_every_method_resolves_builds_and_steps(pair: str, tmp_p
         trained = spec.teacher if method == "teacher" else spec.student
         assert cfg.model.student == trained, method
         expected_lr = spec.lr if spec.lr is not None and method != "teacher" else 0.05
+        if method == "mlkd-reference" and spec.lr is None:
+            expected_lr = 0.025  # MLKD's reference lr (configs/cifar100/mlkd/resnet32x4_resnet8x4.yaml)
         assert cfg.optim.lr == expected_lr, (method, cfg.optim.lr)
         if cfg.distill.method == "dkd":
             assert isinstance(cfg.distill, _dkd_config()) and cfg.distill.beta == spec.dkd_beta, method

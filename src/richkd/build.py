@@ -13,7 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from richkd import __version__
-from richkd.config import CRDConfig, DKDConfig, KDConfig, RichKDConfig, RunConfig, VanillaConfig
+from richkd.config import (
+    CRDConfig,
+    DISTConfig,
+    DKDConfig,
+    KDConfig,
+    MLKDConfig,
+    RichKDConfig,
+    RunConfig,
+    VanillaConfig,
+)
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset
@@ -21,7 +30,18 @@ from richkd.data.stream.splits import StreamSplit, open_stream_splits
 from richkd.data.subset import subset
 from richkd.data.valsplit import ValSplit, split_validation
 from richkd.data.views import exact_view_names, plain_view_id
-from richkd.distill import CRD, DKD, KD, Distiller, RichKD, Vanilla, build_crd_loss
+from richkd.distill import (
+    CRD,
+    DIST,
+    DKD,
+    KD,
+    MLKD,
+    CurriculumTemperature,
+    Distiller,
+    RichKD,
+    Vanilla,
+    build_crd_loss,
+)
 from richkd.distill.features import FEATURE_TERMS, FeatureOptions, WithFeature, build_feature_term
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
@@ -124,8 +144,30 @@ def build_logit_distiller(
     cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: Split
 ) -> Distiller:
     """The `distill` section's loss. Fusion is the teacher side's business: logits arrive fused from the target
-    source, and a feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given)."""
+    source, and a feature term's teacher embedding is a FeatureFusion when fusion.mode=vlm (clip_dim given). With
+    distill.ctkd, the logit term's temperature is CTKD's learnable one."""
+    distiller = _build_loss(cfg, student_dim=student_dim, teacher_dim=teacher_dim, clip_dim=clip_dim, train=train)
     d = cfg.distill
+    if isinstance(d, (KDConfig, DKDConfig, RichKDConfig)) and d.ctkd:
+        distiller.set_curriculum_temperature(CurriculumTemperature(
+            t_start=d.ctkd_t_start, t_range=d.ctkd_t_range, period=d.ctkd_loops / cfg.train.epochs,
+        ))
+    return distiller
+
+
+def _build_loss(
+    cfg: RunConfig, *, student_dim: int, teacher_dim: int, clip_dim: int | None, train: Split
+) -> Distiller:
+    d = cfg.distill
+    if isinstance(d, MLKDConfig):
+        return MLKD(
+            ce_weight=d.ce_weight, kd_weight=d.kd_weight, temperature=d.temperature, standardize=d.logit_standardize
+        )
+    if isinstance(d, DISTConfig):
+        return DIST(
+            ce_weight=d.ce_weight, dist_weight=d.dist_weight, beta=d.beta, gamma=d.gamma, temperature=d.temperature,
+            standardize=d.logit_standardize,
+        )
     if isinstance(d, VanillaConfig):
         return Vanilla(ce_weight=d.ce_weight)
     if isinstance(d, KDConfig):
@@ -353,6 +395,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
             view_aug=cache.aug_params if matched and cache else None,
             row_map=cache_row_map,
             exact_views=exact,
+            strong_view=distiller.needs_strong_view,
         )
         test_data = DeviceData(test, device)
     t = cfg.train
@@ -461,6 +504,8 @@ def describe_targets(cfg: RunConfig, distiller: Distiller) -> str | None:
         logits = f"z_F = {alpha}*z_T + {round(1 - alpha, 6)}*{s}*z_C (cache {cfg.vlm.cache}, views {cfg.vlm.view_mode})"
         features = f"f_F = normalize({cfg.feature_lambda}*P_T f_T + {round(1 - cfg.feature_lambda, 6)}*P_C f_C)"
     logit = distiller.base if isinstance(distiller, WithFeature) else distiller
+    if logit.needs_strong_view and mode == "vlm":
+        logits += "; strong view: the teacher on it, fused with the same row's plain-view z_C (no cache entry)"
     parts = []
     if logit.needs_teacher:
         has_features = getattr(logit, "crd", None) is not None

@@ -21,7 +21,7 @@ import yaml
 
 from richkd.errors import RichKDError
 
-Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
+Method = Literal["vanilla", "kd", "dkd", "crd", "richkd", "mlkd", "dist"]
 FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd"]
 
 
@@ -86,6 +86,11 @@ class KDConfig:
     kd_weight: float = 0.9  # weight of T^2 * KL(teacher || student)
     temperature: float = 4.0  # T of the softened softmax (the base temperature under logit_standardize)
     logit_standardize: bool = False  # z-score student and teacher logits before T (Sun et al., CVPR 2024)
+    ctkd: bool = False  # learn the logit term's T with CTKD's gradient-reversal curriculum (Li et al., AAAI 2023);
+    # T = ctkd_t_start + ctkd_t_range * sigmoid(theta), logged per epoch; distill.temperature is then unused
+    ctkd_t_start: float = 1.0  # CTKD: lowest temperature (reference 1)
+    ctkd_t_range: float = 20.0  # CTKD: temperature range above ctkd_t_start (reference 20)
+    ctkd_loops: float = 10.0  # CTKD: epochs over which the reversal strength ramps 0 -> 1 (cosine; reference 10)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,11 @@ class DKDConfig:
     temperature: float = 4.0  # T of the softened softmax (the base temperature under logit_standardize)
     warmup_epochs: float = 20.0  # DKD's loss ramps up linearly over these epochs
     logit_standardize: bool = False  # z-score student and teacher logits before T (Sun et al., CVPR 2024)
+    ctkd: bool = False  # learn the logit term's T with CTKD's gradient-reversal curriculum (Li et al., AAAI 2023);
+    # T = ctkd_t_start + ctkd_t_range * sigmoid(theta), logged per epoch; distill.temperature is then unused
+    ctkd_t_start: float = 1.0  # CTKD: lowest temperature (reference 1)
+    ctkd_t_range: float = 20.0  # CTKD: temperature range above ctkd_t_start (reference 20)
+    ctkd_loops: float = 10.0  # CTKD: epochs over which the reversal strength ramps 0 -> 1 (cosine; reference 10)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,11 @@ class RichKDConfig:
     feat_weight: float = 0.8  # w_feat; 0 = RichKD(L)
     temperature: float = 3.0  # T of the softened softmax
     logit_standardize: bool = False  # z-score the KD term's logits before T (Sun et al., CVPR 2024)
+    ctkd: bool = False  # learn the logit term's T with CTKD's gradient-reversal curriculum (Li et al., AAAI 2023);
+    # T = ctkd_t_start + ctkd_t_range * sigmoid(theta), logged per epoch; distill.temperature is then unused
+    ctkd_t_start: float = 1.0  # CTKD: lowest temperature (reference 1)
+    ctkd_t_range: float = 20.0  # CTKD: temperature range above ctkd_t_start (reference 20)
+    ctkd_loops: float = 10.0  # CTKD: epochs over which the reversal strength ramps 0 -> 1 (cosine; reference 10)
     embed_dim: int = 128  # width of the contrastive embedding
     nce_k: int = 16384  # negatives per sample (from other classes)
     nce_t: float = 0.07  # NCE temperature
@@ -130,13 +145,35 @@ class RichKDConfig:
     negatives: Literal["distinct", "replacement"] = "distinct"  # as distill.negatives of CRD
 
 
-DistillConfig = VanillaConfig | KDConfig | DKDConfig | CRDConfig | RichKDConfig
+@dataclass(frozen=True)
+class MLKDConfig:
+    method: Literal["mlkd"] = "mlkd"
+    ce_weight: float = 0.1  # weight of CE on each of the weak and strong views (mdistiller KD defaults)
+    kd_weight: float = 0.9  # weight of MLKD's instance, class and batch terms (LS-KD recipe: 9 with T = 2)
+    temperature: float = 4.0  # base T; MLKD adds the levels 3, 5, 2, 6 (Jin et al., CVPR 2023)
+    logit_standardize: bool = False  # z-score the KD terms' logits before T (Sun et al., CVPR 2024)
+
+
+@dataclass(frozen=True)
+class DISTConfig:
+    method: Literal["dist"] = "dist"
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels (DIST's CIFAR setting)
+    dist_weight: float = 1.0  # weight of the DIST term
+    beta: float = 2.0  # weight of the inter-class (per-sample) Pearson relation (Huang et al., NeurIPS 2022)
+    gamma: float = 2.0  # weight of the intra-class (per-class over the batch) Pearson relation
+    temperature: float = 4.0  # tau of softmax(z / tau) (the base temperature under logit_standardize)
+    logit_standardize: bool = False  # z-score student and teacher logits before tau (Sun et al., CVPR 2024)
+
+
+DistillConfig = VanillaConfig | KDConfig | DKDConfig | CRDConfig | RichKDConfig | MLKDConfig | DISTConfig
 DISTILL_CONFIGS: dict[str, type] = {
     "vanilla": VanillaConfig,
     "kd": KDConfig,
     "dkd": DKDConfig,
     "crd": CRDConfig,
     "richkd": RichKDConfig,
+    "mlkd": MLKDConfig,
+    "dist": DISTConfig,
 }
 
 
@@ -229,7 +266,8 @@ class RunConfig:
         ]
         temperature = getattr(d, "temperature", 1.0)
         checks.append((temperature > 0, f"distill.temperature must be > 0 (got {temperature})"))
-        for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta"):
+        for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta", "gamma", "dist_weight",
+                     "ctkd_t_range", "ctkd_loops"):
             value = getattr(d, name, 0.0)
             checks.append((value >= 0, f"distill.{name} must be >= 0 (got {value})"))
         checks += self._feature_checks()
@@ -261,6 +299,16 @@ class RunConfig:
             raise RichKDError("invalid config: distill.nce_t must be > 0 and distill.momentum in [0, 1]")
         if isinstance(d, DKDConfig) and d.warmup_epochs < 0:
             raise RichKDError("invalid config: distill.warmup_epochs must be >= 0")
+        if isinstance(d, (KDConfig, DKDConfig, RichKDConfig)) and d.ctkd and not d.ctkd_t_start > 0:
+            raise RichKDError("invalid config: distill.ctkd_t_start must be > 0")
+        if isinstance(d, MLKDConfig) and self.model.teacher_cache is not None:
+            raise RichKDError(
+                "invalid config: mlkd runs the teacher on its strongly augmented view, which model.teacher_cache "
+                "cannot serve: run the teacher online (drop model.teacher_cache)"
+            )
+        if isinstance(d, MLKDConfig) and self.data.name == "imagenet":
+            raise RichKDError("invalid config: mlkd's strong view is built on the in-memory batch path; "
+                              "data.name=imagenet (streamed) does not support it yet")
         self._validate_streamed()
 
     def _feature_checks(self) -> list[tuple[bool, str]]:

@@ -38,7 +38,9 @@ def _prepare(student_logits: Tensor, teacher_logits: Tensor, standardize: bool) 
     return student_logits.float(), teacher_logits.float()
 
 
-def _check_temperature(temperature: float) -> None:
+def _check_temperature(temperature: float | Tensor) -> None:
+    if isinstance(temperature, Tensor):
+        return  # a learned T (CTKD) is > 0 by construction; checking it would sync the host every step
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -52,7 +54,7 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
 
 
 def kd_loss(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float, *, standardize: bool = False
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor, *, standardize: bool = False
 ) -> Tensor:
     """Hinton knowledge distillation: ``T² · mean_b KL(softmax(z_t/T) ‖ softmax(z_s/T))``.
 
@@ -63,7 +65,8 @@ def kd_loss(
     Args:
         student_logits: ``[B, C]`` raw student logits z_s.
         teacher_logits: ``[B, C]`` raw teacher logits z_t (possibly already fused with CLIP logits).
-        temperature: T > 0 (the *base* temperature when ``standardize``).
+        temperature: T > 0 (the *base* temperature when ``standardize``); a 0-dim tensor for a learned T (CTKD),
+            whose gradient then flows through both the softmax and the T² factor.
         standardize: z-score both logits first (:func:`standardize_logits`; LS-KD).
 
     Returns:
@@ -79,7 +82,12 @@ def kd_loss(
 
 
 def dkd_terms(
-    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float, *, standardize: bool = False
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float | Tensor,
+    *,
+    standardize: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The two unweighted parts of Decoupled KD, ``(TCKD, NCKD)``, each already multiplied by T².
 
@@ -133,7 +141,7 @@ def dkd_loss(
     target: Tensor,
     alpha: float,
     beta: float,
-    temperature: float,
+    temperature: float | Tensor,
     *,
     standardize: bool = False,
 ) -> Tensor:

@@ -12,3 +12,4 @@ class Batch(NamedTuple):
     labels: Tensor  # [B] int64
     indices: Tensor  # [B] int64 dataset row ids
     views: Tensor  # [B] int64 target-cache view id served for each sample (0 = plain view)
+    strong: Batch | None = None  # MLKD: the same rows' strongly augmented view (its views: the plain view id)

@@ -422,7 +422,8 @@ class CRD(Distiller):
             terms["ce"] = self.ce_weight * cross_entropy_term(student, batch)
         if self.kd_weight:
             teacher = require_teacher(teacher, type(self).__name__)
-            kd = kd_loss(student.logits, teacher.logits, self.temperature, standardize=self.standardize)
+            temperature = self.logit_temperature(self.temperature, progress)
+            kd = kd_loss(student.logits, teacher.logits, temperature, standardize=self.standardize)
             terms["kd"] = self.kd_weight * kd
         if self.crd is not None:
             teacher = require_teacher(teacher, type(self).__name__)
@@ -431,7 +432,8 @@ class CRD(Distiller):
         return terms
 
     def describe(self) -> str:
-        parts = [(self.ce_weight, "CE"), (self.kd_weight, kd_name(self.temperature, self.standardize))]
+        kd = kd_name(self.temperature_label(self.temperature), self.standardize)
+        parts = [(self.ce_weight, "CE"), (self.kd_weight, kd)]
         if self.crd is not None:
             parts.append((self.crd_weight, f"CRD({self.crd.describe()})"))
         return format_loss(parts)

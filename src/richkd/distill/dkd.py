@@ -67,7 +67,7 @@ class DKD(Distiller):
                 batch.labels,
                 self.alpha,
                 self.beta,
-                self.temperature,
+                self.logit_temperature(self.temperature, progress),
                 standardize=self.standardize,
             )
             terms["dkd"] = self.warmup_factor(progress) * loss
@@ -75,5 +75,6 @@ class DKD(Distiller):
 
     def describe(self) -> str:
         ls = ", LS" if self.standardize else ""
-        dkd = f"DKD(alpha={self.alpha}, beta={self.beta}, T={self.temperature}, warmup={self.warmup:.4g}{ls})"
+        t = self.temperature_label(self.temperature)
+        dkd = f"DKD(alpha={self.alpha}, beta={self.beta}, T={t}, warmup={self.warmup:.4g}{ls})"
         return format_loss([(self.ce_weight, "CE"), (1.0 if self.alpha or self.beta else 0.0, dkd)])

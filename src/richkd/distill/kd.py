@@ -49,9 +49,11 @@ class KD(Distiller):
             terms["ce"] = self.ce_weight * cross_entropy_term(student, batch)
         if self.kd_weight:
             teacher = require_teacher(teacher, "KD")
-            kd = kd_loss(student.logits, teacher.logits, self.temperature, standardize=self.standardize)
+            temperature = self.logit_temperature(self.temperature, progress)
+            kd = kd_loss(student.logits, teacher.logits, temperature, standardize=self.standardize)
             terms["kd"] = self.kd_weight * kd
         return terms
 
     def describe(self) -> str:
-        return format_loss([(self.ce_weight, "CE"), (self.kd_weight, kd_name(self.temperature, self.standardize))])
+        kd = kd_name(self.temperature_label(self.temperature), self.standardize)
+        return format_loss([(self.ce_weight, "CE"), (self.kd_weight, kd)])

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from richkd.data.augment import CropFlip, apply_crop_flip, normalize, sample_crop_flip
+from richkd.data.augment import (
+    CropFlip,
+    StrongAugment,
+    apply_crop_flip,
+    apply_strong_augment,
+    normalize,
+    sample_crop_flip,
+    sample_strong_augment,
+)
 from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset, build_stream_loader
@@ -42,6 +50,7 @@ class BatchMaker:
     row_map: Tensor | None = None  # subset row -> cache row
     exact_views: bool = False  # views = exact view id (richkd.data.views) of each drawn crop/flip: served by a
     # teacher cache or a `vlm cache --views all` cache; the random draws are the same as without it
+    strong_view: bool = False  # also build MLKD's strong view (batch.strong), drawn after the weak view's draws
 
     def __post_init__(self) -> None:
         if self.exact_views and self.n_views > 1:
@@ -68,6 +77,7 @@ class BatchMaker:
         moved = _to_device(torch.stack(host), device)  # [1 + draws, B] int64
         rows = moved[0]
         images, labels = self.data.gather(rows)  # uint8 [B, 3, H, W], int64 [B]
+        raw = images
         views = torch.zeros_like(rows)
         if self.exact_views:
             views = torch.full_like(rows, plain_view_id(self.pad))
@@ -82,7 +92,25 @@ class BatchMaker:
                     views = view_ids(params, self.pad)
             images = apply_crop_flip(images, params, pad=self.pad)
         x = normalize(images, self.mean, self.std, channels_last=self.channels_last)
-        return Batch(images=x, labels=labels, indices=rows, views=views)
+        strong = self._strong(raw, rows, labels, world_size, mine, generator) if self.strong_view else None
+        return Batch(images=x, labels=labels, indices=rows, views=views, strong=strong)
+
+    def _strong(
+        self, raw: Tensor, rows: Tensor, labels: Tensor, world_size: int, mine: slice,
+        generator: torch.Generator | None,
+    ) -> Batch:
+        """MLKD's strong view of the same rows: its own crop/flip, RandAugment(2) and Cutout (whatever data.augment
+        says), drawn for the global batch like the weak view's. A vision-language cache holds no entry for such an
+        image, so the view id served with it is the plain view's: fusion reads the same row's un-augmented cosines."""
+        drawn = sample_strong_augment(rows.numel() * world_size, pad=self.pad, generator=generator)
+        params = StrongAugment(
+            CropFlip(drawn.crop.dx[mine], drawn.crop.dy[mine], drawn.crop.flip[mine]),
+            drawn.ops[mine], drawn.values[mine], drawn.cutout[mine],
+        )
+        strong = apply_strong_augment(raw, params, pad=self.pad)
+        x = normalize(strong, self.mean, self.std, channels_last=self.channels_last)
+        plain = plain_view_id(self.pad) if self.exact_views else 0
+        return Batch(images=x, labels=labels, indices=rows, views=torch.full_like(rows, plain))
 
 
 def _to_device(host: Tensor, device: torch.device) -> Tensor:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from richkd.data.batch import Batch
 from richkd.data.loader import DeviceData, epoch_batches
-from richkd.distill.base import Distiller
+from richkd.distill.base import Distiller, StrongView
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
 from richkd.engine.checkpoint import load_training_state, save_model, save_training_state, unwrap
@@ -92,9 +92,15 @@ class StepModule(nn.Module):
         self.student = student
         self.distiller = distiller
 
-    def forward(self, batch: Batch, targets: Any, progress: float) -> tuple[dict[str, Tensor], Tensor]:
+    def forward(
+        self, batch: Batch, targets: Any, progress: float, strong_targets: Any = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
         out = self.student(batch.images)
-        terms: dict[str, Tensor] = self.distiller(out, targets, batch, progress)
+        if batch.strong is None:
+            terms: dict[str, Tensor] = self.distiller(out, targets, batch, progress)
+        else:  # a two-view distiller (MLKD): the student runs on each view separately, as the reference does
+            strong = StrongView(self.student(batch.strong.images), strong_targets)
+            terms = self.distiller(out, targets, batch, progress, strong=strong)
         return terms, out.logits
 
 
@@ -152,7 +158,8 @@ def train_step(
     unless `check_finite` (then a non-finite loss raises before the update)."""
     with _autocast(batch.images.device, bf16):
         teacher = targets(batch) if targets is not None else None
-        terms, logits = step_module(batch, teacher, progress)
+        strong = targets(batch.strong) if targets is not None and batch.strong is not None else None
+        terms, logits = step_module(batch, teacher, progress, strong)
         loss = torch.stack([t.float() for t in terms.values()]).sum()
     if check_finite and not torch.isfinite(loss):
         raise NonFiniteLoss(f"loss became {loss.item()}")
@@ -286,6 +293,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
         record.update(_train_epoch(parts, step_module, epoch, generator))
+        record.update(parts.distiller.log_values())  # CTKD: the learned temperature at the epoch's end
         dist.average_buffers(parts.student)  # BN running stats: same model on every rank
         train_s = time.perf_counter() - t0
         wall += train_s

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from richkd.data.batch import Batch
-from richkd.distill.base import Distiller, require_teacher
+from richkd.distill.base import Distiller, StrongView, require_teacher
 from richkd.distill.features.base import FeatureTerm
 from richkd.models.output import ModelOutput
 from richkd.targets import TeacherTargets
@@ -31,13 +31,24 @@ class WithFeature(Distiller):
         self.needs_teacher = True
         self.needs_clip = base.needs_clip
         self.needs_indices = base.needs_indices
+        self.needs_strong_view = base.needs_strong_view
 
     def forward(
-        self, student: ModelOutput, teacher: TeacherTargets | None, batch: Batch, progress: float
+        self,
+        student: ModelOutput,
+        teacher: TeacherTargets | None,
+        batch: Batch,
+        progress: float,
+        strong: StrongView | None = None,
     ) -> dict[str, Tensor]:
-        terms: dict[str, Tensor] = self.base(student, teacher, batch, progress)
+        """The feature term reads the weak (plain-augmented) view only, as the reference feature methods do."""
+        extra = {} if strong is None else {"strong": strong}
+        terms: dict[str, Tensor] = self.base(student, teacher, batch, progress, **extra)
         terms[self.key] = self.weight * self.term(student, require_teacher(teacher, self.term.label))
         return terms
+
+    def log_values(self) -> dict[str, float]:
+        return self.base.log_values()
 
     def describe(self) -> str:
         return f"{self.base.describe()} + {self.weight:g}*{self.term.label}"
