@@ -293,3 +293,20 @@ def test_feature_methods_refuse_a_teacher_cache_and_bad_values_in_one_line() -> 
                     pair="resnet32x4-resnet8x4", method="kd")
     with pytest.raises(RichKDError, match="hint_layer"):
         _term("fitnet", STAGES_S, STAGES_T, hint_layer=9)
+
+
+def test_a_feature_term_composes_with_a_two_view_distiller() -> None:
+    """MLKD + SP: the strong view reaches MLKD, the feature term reads the weak view, CTKD-style log values pass."""
+    from richkd.build import build_distiller
+    from richkd.distill.base import StrongView
+
+    cfg = load_config(None, ["feature.method=sp"], dataset="cifar100", pair="resnet32x4-resnet8x4", method="mlkd")
+    shapes = (FeatureShapes(32, tuple(STAGES_S), 6), FeatureShapes(32, tuple(STAGES_T), 4))
+    d = build_distiller(cfg, student_dim=6, teacher_dim=4, clip_dim=None, train=None, shapes=shapes)  # type: ignore[arg-type]
+    assert isinstance(d, WithFeature) and d.needs_strong_view and d.log_values() == {}
+    s, t = _maps(18, STAGES_S), _maps(19, STAGES_T)
+    student, teacher = _outputs(s, t)
+    batch = Batch(torch.zeros(B, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1]), torch.arange(B), torch.zeros(B).long())
+    terms = d(student, teacher, batch, 0.5, strong=StrongView(student, teacher))
+    assert "sp" in terms and "ce" in terms and all(torch.isfinite(v) for v in terms.values())
+    assert d.describe().endswith(" + 3000*SP")
