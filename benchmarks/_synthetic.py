@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from richkd.data.arrays import ArrayDataset
+from richkd.data.batch import Batch
 from richkd.data.subset import limited
 from richkd.distill import RichKD, build_crd_loss
 from richkd.engine.fold import fold_batchnorm
@@ -168,6 +169,36 @@ def build_pipeline(
         params, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=False, foreach=foreach, fused=fused
     )
     return Pipeline(student, distiller, StepModule(student, distiller), targets, optimizer)
+
+
+def parity_batch(ds: ArrayDataset, rows: int, device: torch.device) -> Batch:
+    """The first `rows` rows, not augmented, normalised: the one batch every path's first-step loss is taken on
+    (augmentation differs between the paths by design, so their own batches cannot be compared)."""
+    mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ds.std).view(1, 3, 1, 1)
+    images = (ds.images[:rows].float() / 255.0 - mean) / std
+    idx = torch.arange(rows)
+    return Batch(images.to(device), ds.labels[:rows].to(device), idx.to(device), torch.zeros_like(idx).to(device))
+
+
+def first_step_loss(pipe: Pipeline, batch: Batch, *, bf16: bool, channels_last: bool, seed: int = 0) -> float:
+    """The loss a first training step of `pipe` computes on `batch` (same terms as `train_step`), taken on copies
+    of the student and distiller so the timed run is untouched, with the global RNG (CRD's negatives) seeded
+    and restored. The speed-up of one path over another only means something if these agree."""
+    step_module = copy.deepcopy(pipe.step_module).train()
+    if channels_last:
+        batch = batch._replace(images=batch.images.contiguous(memory_format=torch.channels_last))
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        autocast = torch.autocast(device_type=batch.images.device.type, dtype=torch.bfloat16, enabled=bf16)
+        with torch.no_grad(), autocast:
+            teacher = pipe.targets(batch)
+            terms, _ = step_module(batch, teacher, 0.5)
+            loss = torch.stack([t.float() for t in terms.values()]).sum()
+    finally:
+        torch.set_rng_state(state)
+    return float(loss)
 
 
 def make_models(teacher_arch: str, student_arch: str, n_classes: int, seed: int = 0) -> tuple[nn.Module, nn.Module]:

@@ -6,7 +6,8 @@ online     the path `richkd train` takes without a teacher cache (BN-folded teac
 reference  mdistiller/CRD style (benchmarks/train_step.py): DataLoader with per-sample Python augmentation, fp32.
 
 cached and online use bf16 autocast where it is fast on this device (train.bf16=auto); reference is fp32.
-The step cache holds random float16 content of the real format and shapes (content does not change speed);
+The step cache holds random float16 content of the real format and shapes (content does not change speed), so
+only the online and reference paths' first-step losses are compared (`first_step_loss`);
 the build cost is measured by building a real cache for `--build-rows` rows through the BN-folded teacher.
 
     python benchmarks/teacher_cache.py --pair resnet32x4:resnet8x4 --threads 2 --out benchmarks/results/x.json
@@ -30,7 +31,9 @@ from _synthetic import (  # noqa: E402
     build_cost,
     build_pipeline,
     environment,
+    first_step_loss,
     make_models,
+    parity_batch,
     peak_rss_mb,
     random_teacher_cache,
     synthetic_cache,
@@ -82,8 +85,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     vlm_cache.to_device(device)
     modes = args.modes.split(",")
     steps: dict[str, Callable[[], None]] = {}
+    check = parity_batch(ds, args.batch, device)
+    first_loss: dict[str, float] = {}
     for mode in modes:
         fast = mode != "ref"
+        torch.manual_seed(0)  # every path starts from the same projection heads and memory banks
         pipe = build_pipeline(teacher=teacher, student=student, ds=ds, cache=vlm_cache, device=device,
                               channels_last=fast, nce_k=args.nce_k, foreach=fast, fold_teacher=fast)
         if mode == "cached":
@@ -110,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 train_step(pipe.step_module, pipe.targets, pipe.optimizer, batch, 0.5, bf16=False, check_finite=False)
         pipe.step_module.train()
         steps[mode] = step
+        if mode != "cached":  # the step cache holds random teacher outputs: its loss differs by design
+            first_loss[mode] = first_step_loss(pipe, check, bf16=bf16 and fast, channels_last=fast)
+        if mode == "online" and bf16:  # the same path with bf16 off: isolates rounding from everything else
+            first_loss["online_without_bf16"] = first_step_loss(pipe, check, bf16=False, channels_last=True)
 
     t_start = time.perf_counter()
     rates, _ = timed_windows(steps, windows=args.windows, steps_per_window=args.steps, warmup=args.warmup,
@@ -124,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bf16": bf16, "rows": args.rows, "batch": args.batch, "threads": args.threads, "windows": args.windows,
         "steps_per_window": args.steps, "warmup_per_window": args.warmup, "images_per_s": rates,
         "median_images_per_s": medians,
+        # Loss of the online and reference paths' first step on one shared, un-augmented batch (same seed): they
+        # must agree for the ratio to compare like with like. The cached path reads random teacher outputs.
+        "first_step_loss": first_loss,
         "build_rows": args.build_rows, "build_s_per_image": seconds_per_image,
         "build_views_per_s": 162 / seconds_per_image,
         "build_s_for_epoch_rows": seconds_per_image * args.epoch_rows,

@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import (  # noqa: E402
     build_pipeline,
     environment,
+    first_step_loss,
     make_models,
+    parity_batch,
     peak_rss_mb,
     synthetic_cache,
     synthetic_split,
@@ -79,8 +81,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     steps: dict[str, Callable[[], None]] = {}
     modes = args.modes.split(",")
+    check = parity_batch(ds, args.batch, device)
+    first_loss: dict[str, float] = {}
     for mode in modes:
         fast = mode == "ours"
+        torch.manual_seed(0)  # every path starts from the same projection heads and memory banks
         pipe = build_pipeline(
             teacher=teacher,
             student=student,
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown mode {mode!r}")
         pipe.step_module.train()
         steps[mode] = step
+        first_loss[mode] = first_step_loss(pipe, check, bf16=fast, channels_last=fast)
+        if mode == "ours":  # the same path with bf16 off: isolates rounding from everything else
+            first_loss["ours_without_bf16"] = first_step_loss(pipe, check, bf16=False, channels_last=True)
 
     t_start = time.perf_counter()
     rates, peak_cuda = timed_windows(
@@ -138,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "warmup_per_window": args.warmup,
         "images_per_s": rates,
         "median_images_per_s": medians,
+        # Loss of each path's first step on one shared, un-augmented batch (the first `batch` rows, same seed):
+        # the paths must compute the same loss for their speed ratio to compare like with like.
+        "first_step_loss": first_loss,
         "peak_rss_mb_whole_process": round(peak_rss_mb(), 1),
         "peak_cuda_mb": peak_cuda or None,
         "wall_s": round(time.perf_counter() - t_start, 1),

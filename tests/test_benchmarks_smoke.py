@@ -27,6 +27,27 @@ def _run(script: str, *args: str, out: Path) -> dict[str, Any]:
     return result
 
 
+# Tolerances for "the same loss on the same batch" (the benchmark's `first_step_loss`, one un-augmented batch):
+# - fp32 path vs reference loop: both compute in float32 and differ only in summation order (channels_last
+#   kernels, the teacher's BatchNorm folded into its convolutions). Unit roundoff u32 = 2^-24 = 6e-8; a dot product
+#   of length n errs by at most n * u32 relative (Higham, Thm 3.1), n <= 3*3*64 = 576 in resnet8's convolutions:
+#   3.4e-5 for one layer, so a relative 1e-4 on the loss (measured: 1e-7). A different loss, seed, memory bank or
+#   target changes it by orders of magnitude more.
+# - bf16 path vs reference loop: bf16 rounds each operand and output to 8 significant bits, u = 2^-8 = 3.9e-3 per
+#   rounding. The errors of the ~16 rounding stages (teacher + student layers) are independent with zero mean and
+#   the loss averages them over B * C logits and B embeddings, so its expected relative error is about
+#   u * sqrt(16 / B) <= u for B >= 16: tolerance u relative (measured: 6e-5).
+FP32_REL = 1e-4
+BF16_REL = 2.0**-8
+
+
+def _assert_same_first_step_loss(losses: dict[str, float], fast: str, fast_fp32: str, ref: str = "ref") -> None:
+    assert set(losses) == {fast, fast_fp32, ref}, losses
+    assert abs(losses[fast_fp32] - losses[ref]) <= FP32_REL * abs(losses[ref]), losses
+    assert abs(losses[fast] - losses[ref]) <= BF16_REL * abs(losses[ref]), losses
+    assert losses[ref] > 0
+
+
 def test_train_step_benchmark_runs(tmp_path: Path) -> None:
     result = _run(
         "train_step.py",
@@ -37,6 +58,8 @@ def test_train_step_benchmark_runs(tmp_path: Path) -> None:
     assert set(result["median_images_per_s"]) == {"ours", "ref"}
     assert all(len(v) == 2 for v in result["images_per_s"].values())
     assert result["speedup_ours_over_ref"] > 0
+    # The speed-up compares like with like only if both paths compute the same loss on the same batch.
+    _assert_same_first_step_loss(result["first_step_loss"], "ours", "ours_without_bf16")
     assert result["environment"]["command"]
 
 
@@ -62,6 +85,12 @@ def test_teacher_cache_benchmark_runs(tmp_path: Path) -> None:
     )
     assert set(result["median_images_per_s"]) == {"cached", "online", "ref"}
     assert result["cached_over_ref"] > 0 and result["build_views_per_s"] > 0
+    if result["bf16"]:
+        _assert_same_first_step_loss(result["first_step_loss"], "online", "online_without_bf16")
+    else:  # no fast bf16 on this CPU: online runs in float32
+        assert set(result["first_step_loss"]) == {"online", "ref"}
+        online, ref = result["first_step_loss"]["online"], result["first_step_loss"]["ref"]
+        assert abs(online - ref) <= FP32_REL * abs(ref) and ref > 0
 
 
 def test_cpu_roofline_counts_flops_by_hand_and_states_the_target(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from richkd.data.batch import Batch
 from richkd.distill import (
@@ -27,6 +28,7 @@ from richkd.distill import (
     crd_nce_loss,
 )
 from richkd.errors import RichKDError
+from richkd.fusion import FeatureFusion
 from richkd.losses import dkd_loss
 from richkd.models.output import ModelOutput
 from richkd.targets import ClipTargets, TeacherTargets
@@ -379,3 +381,192 @@ def test_richkd_teacher_only_control_is_crd_on_teacher_features_without_clip() -
     feat = control(student, teacher._replace(clip=None), batch, 0.0)["feat"]
     torch.manual_seed(1)
     assert feat.item() == pytest.approx(crd(student, teacher, batch, 0.0)["crd"].item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- one independent value per distiller
+# The golden file above is written by our own code (--update-golden); these values are not. Each is worked out in
+# plain Python/numpy from the paper's equation on a tiny case, never through richkd's helpers, and compared with
+# what the registered distiller returns. Tolerance rel 1e-5: the distillers compute in float32 (unit roundoff
+# 6e-8, a few dozen operations per value), the references in float64; CRD's eps = 1e-7 in its denominators
+# (absent from the paper) moves a log by at most 1e-7 / (K/N) = 2e-7 here.
+TINY_S = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 1.5]])  # student logits [B=2, C=3]
+TINY_T = np.array([[2.0, 1.0, 0.0], [0.5, 0.5, 3.0]])  # teacher logits
+TINY_Y = np.array([1, 2])  # labels
+
+
+def _np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || q) = sum_i p_i log(p_i / q_i), over the last axis, summed over rows."""
+    return float((p * np.log(p / q)).sum())
+
+
+def _np_ce(logits: np.ndarray, labels: np.ndarray) -> float:
+    """-log softmax(z)_y, batch mean."""
+    return float(np.mean([-np.log(_np_softmax(z)[y]) for z, y in zip(logits, labels, strict=True)]))
+
+
+def _tiny_inputs(
+    pooled: list[list[float]] | None = None,
+    teacher_pooled: list[list[float]] | None = None,
+    clip_emb: list[list[float]] | None = None,
+    indices: list[int] | None = None,
+) -> tuple[ModelOutput, TeacherTargets, Batch]:
+    b = len(TINY_Y)
+    pooled_t = torch.tensor(pooled if pooled is not None else [[0.0, 0.0]] * b)
+    clip = None if clip_emb is None else ClipTargets(torch.zeros(b, 3), torch.tensor(clip_emb))
+    t_pooled = None if teacher_pooled is None else torch.tensor(teacher_pooled)
+    idx = torch.tensor(indices if indices is not None else list(range(b)))
+    batch = Batch(torch.zeros(b, 3, 4, 4), torch.tensor(TINY_Y), idx, torch.zeros(b, dtype=torch.int64))
+    student = ModelOutput(torch.tensor(TINY_S, dtype=torch.float32), pooled_t, ())
+    return student, TeacherTargets(torch.tensor(TINY_T, dtype=torch.float32), t_pooled, clip), batch
+
+
+def test_vanilla_independent_value() -> None:
+    # Row 0: softmax([1, 2, .5])[1]; row 1: softmax([0, -1, 1.5])[2]; worked with math, halved by the weight.
+    row0 = -math.log(math.exp(2.0) / (math.exp(1.0) + math.exp(2.0) + math.exp(0.5)))
+    row1 = -math.log(math.exp(1.5) / (math.exp(0.0) + math.exp(-1.0) + math.exp(1.5)))
+    student, _, batch = _tiny_inputs()
+    terms = Vanilla(ce_weight=0.5)(student, None, batch, 0.0)
+    assert terms["ce"].item() == pytest.approx(0.5 * (row0 + row1) / 2, rel=1e-5)
+
+
+def test_kd_independent_value() -> None:
+    # Hinton et al. 2015: L = w_ce CE + w_kd T^2 KL(softmax(z_T/T) || softmax(z_S/T)), KL averaged over the batch.
+    t = 2.0
+    kd = t**2 * _np_kl(_np_softmax(TINY_T / t), _np_softmax(TINY_S / t)) / 2
+    student, teacher, batch = _tiny_inputs()
+    terms = KD(temperature=t, kd_weight=0.9, ce_weight=0.1)(student, teacher, batch, 0.0)
+    assert terms["kd"].item() == pytest.approx(0.9 * kd, rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(0.1 * _np_ce(TINY_S, TINY_Y), rel=1e-5)
+
+
+def _dkd_paper(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, t: float) -> tuple[float, float]:
+    """Zhao et al. CVPR 2022, eq. (1)-(4): b = [p_t, 1 - p_t] (TCKD = KL(b^T || b^S)) and
+    p_hat_i = p_i / (1 - p_t) over the non-target classes (NCKD = KL(p_hat^T || p_hat^S)); per-row sums,
+    batch mean, times T^2 as in the authors' mdistiller."""
+    tckd = nckd = 0.0
+    for zs, zt, y in zip(student, teacher, labels, strict=True):
+        ps, pt = _np_softmax(zs / t), _np_softmax(zt / t)
+        bs, bt = np.array([ps[y], 1 - ps[y]]), np.array([pt[y], 1 - pt[y]])
+        tckd += _np_kl(bt, bs)
+        rest = np.arange(len(zs)) != y
+        nckd += _np_kl(pt[rest] / (1 - pt[y]), ps[rest] / (1 - ps[y]))
+    n = len(labels)
+    return t**2 * tckd / n, t**2 * nckd / n
+
+
+def test_dkd_independent_value() -> None:
+    t = 4.0
+    tckd, nckd = _dkd_paper(TINY_S, TINY_T, TINY_Y, t)
+    # The paper's decomposition (eq. 5), KD = TCKD + (1 - p_t^T) NCKD, checked per row: the transcription is sound.
+    for zs, zt, y in zip(TINY_S, TINY_T, TINY_Y, strict=True):
+        ps, pt = _np_softmax(zs / t), _np_softmax(zt / t)
+        one_t, one_n = _dkd_paper(zs[None], zt[None], np.array([y]), t)
+        assert t**2 * _np_kl(pt, ps) == pytest.approx(one_t + (1 - pt[y]) * one_n, rel=1e-12)
+    student, teacher, batch = _tiny_inputs()
+    dkd = DKD(ce_weight=1.0, alpha=1.0, beta=8.0, temperature=t, warmup=0.5)
+    assert dkd(student, teacher, batch, 1.0)["dkd"].item() == pytest.approx(1.0 * tckd + 8.0 * nckd, rel=1e-5)
+    assert dkd(student, teacher, batch, 0.25)["dkd"].item() == pytest.approx(0.5 * (tckd + 8.0 * nckd), rel=1e-5)
+
+
+# CRD on a bank of N = 4 rows, classes [0, 0, 1, 1], K = 2 (all rows of the other class; rows 2 and 3 equal, so
+# every draw of negatives gives the same scores), tau = 0.5, momentum 0.5; a batch of rows 0 and 1.
+CRD_BANK_S = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.6, 0.8]])  # student-side memory
+CRD_BANK_T = np.array([[0.0, 1.0], [1.0, 0.0], [0.8, 0.6], [0.8, 0.6]])  # teacher-side memory
+CRD_TAU, CRD_MOMENTUM, CRD_N, CRD_K = 0.5, 0.5, 4, 2
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _crd_paper_two_steps(v_s: np.ndarray, v_t: np.ndarray, rows: list[int]) -> list[float]:
+    """Tian et al. ICLR 2020, the NCE critic with memory banks, transcribed: for an embedding v and the other
+    side's memory M, x_j = exp(<v, M_j> / tau) / Z; P(D=1 | x) = x / (x + K P_n) with noise P_n = 1/N;
+    L = -(log P(D=1 | x_pos) + sum_k log(1 - P(D=1 | x_neg_k))), batch mean, for the student (v_S against
+    M_T) and the teacher (v_T against M_S), summed. Z = N * mean of the first batch's exp-scores, then fixed;
+    after each step M_i <- normalize(m M_i + (1 - m) v) at the batch rows. Two steps on the same batch."""
+    bank_s, bank_t = CRD_BANK_S.copy(), CRD_BANK_T.copy()
+    p_n = 1.0 / CRD_N
+    negatives = [2, 3]  # the other class's rows (both batch rows are class 0)
+    z: list[float] = []
+    losses = []
+    for _ in range(2):
+        total = 0.0
+        raw_sides = []
+        for v, bank in ((v_s, bank_t), (v_t, bank_s)):
+            raw = np.array([[math.exp(v[b] @ bank[j] / CRD_TAU) for j in [i, *negatives]] for b, i in enumerate(rows)])
+            raw_sides.append(raw)
+        if not z:
+            z = [CRD_N * float(raw.mean()) for raw in raw_sides]
+        for raw, z_side in zip(raw_sides, z, strict=True):
+            x = raw / z_side
+            pos, neg = x[:, 0], x[:, 1:]
+            log_d1 = np.log(pos / (pos + CRD_K * p_n))
+            log_d0 = np.log(1.0 - neg / (neg + CRD_K * p_n))
+            total += float(-(log_d1.sum() + log_d0.sum()) / len(rows))
+        losses.append(total)
+        for b, i in enumerate(rows):
+            bank_s[i] = _unit(CRD_MOMENTUM * bank_s[i] + (1 - CRD_MOMENTUM) * v_s[b])
+            bank_t[i] = _unit(CRD_MOMENTUM * bank_t[i] + (1 - CRD_MOMENTUM) * v_t[b])
+    return losses
+
+
+def _set_linear(linear: nn.Linear, weight: list[list[float]]) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(weight))
+        linear.bias.zero_()
+
+
+def _tiny_crd_loss(clip_dim: int | None) -> CRDLoss:
+    crd = build_crd_loss(
+        student_dim=2, teacher_dim=2, clip_dim=clip_dim, feature_lambda=0.7 if clip_dim else None, embed_dim=2,
+        n_data=CRD_N, labels=torch.tensor([0, 0, 1, 1]), nce_k=50, nce_t=CRD_TAU, momentum=CRD_MOMENTUM,
+    )  # fmt: skip
+    assert crd.memory.nce_k == CRD_K  # capped at the other class's 2 rows
+    with torch.no_grad():
+        crd.memory.memory_student.copy_(torch.tensor(CRD_BANK_S))
+        crd.memory.memory_teacher.copy_(torch.tensor(CRD_BANK_T))
+    _set_linear(crd.student_embed.linear, [[1.0, 0.0], [0.0, 1.0]])  # identity: v_S = normalize(f_S)
+    return crd
+
+
+TINY_F_S = [[3.0, 4.0], [1.0, 1.0]]  # student pooled features
+TINY_F_T = [[1.0, 0.0], [0.0, 2.0]]  # teacher pooled features
+
+
+def test_crd_independent_value_two_steps() -> None:
+    crd_loss = _tiny_crd_loss(None)
+    _set_linear(crd_loss.teacher_embed.linear, [[1.0, 0.0], [0.0, 1.0]])  # type: ignore[union-attr]
+    expected = _crd_paper_two_steps(_unit(np.array(TINY_F_S)), _unit(np.array(TINY_F_T)), [0, 1])
+    crd = CRD(ce_weight=1.0, crd_weight=0.8, crd=crd_loss)
+    student, teacher, batch = _tiny_inputs(TINY_F_S, TINY_F_T)
+    got = [crd(student, teacher, batch, p)["crd"].item() for p in (0.1, 0.5)]  # step 2: moved banks, fixed Z
+    assert got == pytest.approx([0.8 * e for e in expected], rel=1e-5)
+    assert expected[0] != pytest.approx(expected[1], rel=1e-3)  # the second step does see the moved banks
+
+
+def test_richkd_independent_value() -> None:
+    # Mansourian et al. 2025: L = w_ce CE + w_kd T^2 KL(softmax(z_F/T) || softmax(z_S/T)) + w_feat L_CRD(f_S, f_F),
+    # f_F = normalize(lam normalize(P_T f_T) + (1 - lam) normalize(P_C f_C)), lam = 0.7; z_F arrives fused.
+    lam, t = 0.7, 3.0
+    p_c = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, -1.0]])  # P_C: 3-d CLIP embedding -> 2-d
+    clip = [[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]]
+    f_f = _unit(lam * _unit(np.array(TINY_F_T)) + (1 - lam) * _unit(np.array(clip) @ p_c.T))
+    crd_expected = _crd_paper_two_steps(_unit(np.array(TINY_F_S)), f_f, [0, 1])
+    kd_expected = t**2 * _np_kl(_np_softmax(TINY_T / t), _np_softmax(TINY_S / t)) / 2
+    crd_loss = _tiny_crd_loss(3)
+    fusion = crd_loss.teacher_embed
+    assert isinstance(fusion, FeatureFusion)
+    _set_linear(fusion.teacher_proj, [[1.0, 0.0], [0.0, 1.0]])
+    _set_linear(fusion.clip_proj, p_c.tolist())
+    richkd = RichKD(ce_weight=1.0, kd_weight=3.0, feat_weight=0.8, temperature=t, crd=crd_loss)
+    student, teacher, batch = _tiny_inputs(TINY_F_S, TINY_F_T, clip)
+    steps = [richkd(student, teacher, batch, p) for p in (0.1, 0.5)]
+    assert [s["feat"].item() for s in steps] == pytest.approx([0.8 * e for e in crd_expected], rel=1e-5)
+    assert steps[0]["kd"].item() == pytest.approx(3.0 * kd_expected, rel=1e-5)
+    assert steps[0]["ce"].item() == pytest.approx(_np_ce(TINY_S, TINY_Y), rel=1e-5)

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cifar10_archive
 from proctree import assert_all_gone, descendants
 from richkd.engine.checkpoint import read_model_file
-
-SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 pytestmark = pytest.mark.shared_data
 
@@ -124,15 +122,7 @@ def test_cache_build_killed_at_random_points_ends_identical(tiny_cifar10: Path, 
 
 def test_decode_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     """An archive big enough for the decode pool; SIGKILL the parent as soon as its workers exist."""
-    if not SHARED_ARCHIVE.is_file():
-        pytest.skip(f"needs the shared CIFAR-10 archive at {SHARED_ARCHIVE}")
-    archive = tmp_path / "medium.tar.gz"
-    with tarfile.open(SHARED_ARCHIVE) as src, tarfile.open(archive, "w:gz") as dst:
-        taken = 0
-        for member in src:
-            if member.isfile() and member.name.startswith("train/") and taken < 3000:
-                dst.addfile(member, src.extractfile(member))
-                taken += 1
+    archive = cifar10_archive(tmp_path / "medium.tar.gz", {"train": 300})  # real where ../shared has it
     code = f"from richkd.data import load_dataset; load_dataset('imagefolder', {str(archive)!r}, 'train')"
     proc = subprocess.Popen([sys.executable, "-c", code], env=_env(tmp_path / "home"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
