@@ -47,6 +47,14 @@ def _step_fn(student: torch.nn.Module, teacher: OnlineTeacher, distiller: Distil
     return step
 
 
+def _first_terms(student: torch.nn.Module, teacher: OnlineTeacher, distiller: Distiller, batch: Batch) -> dict[
+    str, float
+]:
+    """The loss terms of one forward on the batch (no update): KD's terms must not change when a term is added."""
+    with torch.no_grad():
+        return {k: float(v) for k, v in distiller(student(batch.images), teacher(batch), batch, 0.5).items()}
+
+
 def _flops(step: Callable[[], None]) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -83,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "kd": _step_fn(student, teacher, kd, batch),
             f"kd+{method}": _step_fn(student, teacher, combined, batch),
         }
+        first = {"kd": _first_terms(student, teacher, kd, batch),
+                 f"kd+{method}": _first_terms(student, teacher, combined, batch)}
         flops = {name: _flops(fn) for name, fn in steps.items()}
         rates, _ = timed_windows(steps, windows=args.windows, steps_per_window=args.steps, warmup=args.warmup,
                                  batch=args.batch, device=torch.device("cpu"))
@@ -91,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "images_per_s": med,
             "rates": rates,
             "time_ratio": med["kd"] / med[f"kd+{method}"],
+            "first_step_terms": first,
             "flops_per_step": flops,
             "flop_ratio": flops[f"kd+{method}"] / flops["kd"],
             "connector_parameters": sum(p.numel() for p in term.parameters()),

@@ -131,3 +131,23 @@ def test_mlkd_step_benchmark_runs(tmp_path: Path) -> None:
     assert set(result["ms_per_batch"]) == {"strong_aug", "student_step", "kd_step", "mlkd_step"}
     assert result["strong_aug_over_student_step"] > 0 and result["mlkd_step_over_kd_step"] > 0
     assert result["environment"]["cpu"]
+
+
+def test_feature_step_benchmark_adds_only_the_feature_term(tmp_path: Path) -> None:
+    """KD and KD + X on the same batch: KD's own terms are identical (the same student forward), X's term is
+    positive, and the counted FLOPs only grow (the connector's work is added, nothing is removed)."""
+    result = _run(
+        "feature_step.py",
+        *("--pair", "resnet8:resnet8", "--methods", "fitnet,at", "--batch", "8"),
+        *("--windows", "2", "--steps", "1", "--warmup", "0", "--threads", "1"),
+        out=tmp_path / "feature.json",
+    )
+    for method in ("fitnet", "at"):
+        entry = result["methods"][method]
+        kd, combined = entry["first_step_terms"]["kd"], entry["first_step_terms"][f"kd+{method}"]
+        assert set(combined) == {*kd, method} and combined[method] > 0
+        assert all(combined[k] == kd[k] for k in kd), (kd, combined)
+        assert entry["flop_ratio"] >= 1.0 and entry["time_ratio"] > 0
+    # resnet8 stage 2 has 32 channels: a 1x1 conv 32->32 with bias, then BN (weight + bias)
+    assert result["methods"]["fitnet"]["connector_parameters"] == 32 * 32 + 32 + 2 * 32
+
