@@ -97,3 +97,38 @@ def test_bad_override_syntax() -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(RichKDError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["1e3", "010", "1:20", "0x10", "1_000", "true", "2026-01-01", "5.0"])
+def test_string_override_stays_the_text(text: str) -> None:
+    """Issue 27 item 6: YAML-then-float parsing wrote `out_dir=1e3` to `1000.0/` (and `010` to `8/`)."""
+    cfg = load_config(None, [f"out_dir={text}", f"data.root={text}"])
+    assert cfg.out_dir == text and cfg.data.root == text
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs=1e3", "int"),
+        ("train.epochs=2.0", "int"),
+        ("seed=0x10", "int"),
+        ("data.train_limit=none", "int or null"),
+        ("optim.lr=fast", "float"),
+        ("optim.lr=nan", "float"),
+        ("train.compile=1", "bool"),
+        ("optim.milestones=[1, 2.5]", "a list of int"),
+    ],
+)
+def test_override_of_wrong_type_names_key_value_and_type(override: str, expected: str) -> None:
+    with pytest.raises(RichKDError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert "\n" not in message and override in message and f"expected {expected}" in message
+
+
+def test_overrides_typed_by_field() -> None:
+    cfg = load_config(None, ["seed=12", "optim.lr=.5", "train.bf16=auto", "train.compile=yes",
+                             "data.test_limit=null", "optim.milestones=3,4", "data.name=cifar10"])
+    assert (cfg.seed, cfg.optim.lr, cfg.train.bf16, cfg.train.compile) == (12, 0.5, "auto", True)
+    assert cfg.data.test_limit is None and cfg.optim.milestones == (3, 4) and cfg.data.name == "cifar10"
+    assert type(cfg.optim.lr) is float and type(cfg.seed) is int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -480,24 +481,117 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
-    """`a.b=value` pairs; values are parsed as YAML scalars/lists (`1e-3`, `true`, `[1, 2]`)."""
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """`a.b=value` pairs as (key, value text); the text is typed later by the key's declared field type."""
     parsed = []
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise RichKDError(f"invalid override {item!r}: expected key=value, e.g. train.epochs=2")
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads `1e-3` as a string
-            except ValueError:
-                pass
-        parsed.append((key.strip(), value))
+        parsed.append((key.strip(), text))
     return parsed
+
+
+_NULLS = frozenset({"null", "Null", "NULL", "~"})  # YAML's spellings of null
+_TRUE, _FALSE = frozenset({"true", "yes", "on"}), frozenset({"false", "no", "off"})
+_INT = re.compile(r"[+-]?[0-9](?:_?[0-9])*")
+
+
+def override_field_type(key: str, tree: Mapping[str, Any]) -> Any | None:
+    """The declared type of the config field `key` names (``distill.*`` by the method in `tree`); None when `key`
+    is not a leaf field (an unknown key, a section, or a distill key while the method is unknown)."""
+    cls: Any = RunConfig
+    node: Any = tree
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return None
+        if cls is RunConfig and part == "distill":
+            method = node.get("distill", {}).get("method") if isinstance(node.get("distill"), Mapping) else None
+            if not isinstance(method, str) or method not in DISTILL_CONFIGS:
+                return None
+            cls, node = DISTILL_CONFIGS[method], node["distill"]
+            continue
+        tp = typing.get_type_hints(cls)[part]
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+            node = node.get(part) if isinstance(node.get(part), Mapping) else {}
+            continue
+        return tp if i == len(parts) - 1 else None
+    return None
+
+
+def _describe(tp: Any) -> str:
+    """The expected type of an override, in words (for the one-line error)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])} ([a, b] or a,b)"
+    return {bool: "bool (true/false)", int: "int", float: "float (finite)", str: "str"}.get(tp, _type_name(tp))
+
+
+def coerce_override(key: str, text: str, tp: Any) -> Any:
+    """The value of `key=text` as the field's declared type `tp`: str stays the text, int must parse as an int,
+    float as a finite float, bool as true/false/yes/no/on/off, Optional takes null or ~, a tuple takes [a, b] or
+    a,b. One-line RichKDError naming key, value and expected type otherwise.
+
+    Why by type: YAML-parsing the text first turned `out_dir=1e3` into the folder `1000.0/` and `out_dir=010`
+    into `8/`.
+    """
+    value = _parse_typed(text.strip(), tp)
+    if value is _BAD:
+        what = _describe(tp)
+        raise RichKDError(f"invalid override {key}={text}: {'choose' if what.startswith('one of') else 'expected'} "
+                          f"{what}")
+    return value
+
+
+_BAD: Any = object()
+
+
+def _parse_typed(text: str, tp: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and text in _NULLS:
+            return None
+        for arg in args:
+            if arg is not type(None) and (value := _parse_typed(text, arg)) is not _BAD:
+                return value
+        return _BAD
+    if origin is Literal:
+        return text if text in args else _BAD
+    if origin is tuple:
+        inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        items = [t.strip() for t in inner.split(",")] if inner.strip() else []
+        values = [_parse_typed(t, args[0]) for t in items]
+        return _BAD if any(v is _BAD for v in values) else tuple(values)
+    if tp is str:
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]  # a quoted value: the quotes are not part of it
+        return text
+    if tp is bool:
+        return True if text.lower() in _TRUE else False if text.lower() in _FALSE else _BAD
+    if tp is int:
+        return int(text) if _INT.fullmatch(text) else _BAD
+    if tp is float:
+        try:
+            number = float(text)
+        except ValueError:
+            return _BAD
+        return number if math.isfinite(number) else _BAD
+    return _BAD
+
+
+def _yaml_value(text: str) -> Any:
+    """A value for a key that names no leaf field (it fails later with the key named), parsed as YAML."""
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
@@ -530,10 +624,15 @@ def load_config_with_layers(
     from richkd.recipes.compose import compose
 
     raw, layers = compose(path, dataset=dataset, pair=pair, method=method)
-    for key, value in parse_overrides(overrides):
-        if key == "distill.method" and isinstance(raw.get("distill"), dict):
-            # switching method drops the previous method's keys rather than failing on them
-            raw["distill"] = {}
+    for key, text in parse_overrides(overrides):
+        if key == "distill.method":
+            if isinstance(raw.get("distill"), dict):
+                # switching method drops the previous method's keys rather than failing on them
+                raw["distill"] = {}
+            value: Any = text.strip()  # checked against DISTILL_CONFIGS by _build_distill
+        else:
+            tp = override_field_type(key, raw)
+            value = _yaml_value(text) if tp is None else coerce_override(key, text, tp)
         _set_dotted(raw, key, value)
     if overrides:
         layers = [*layers, "overrides: " + " ".join(overrides)]

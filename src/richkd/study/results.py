@@ -16,22 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from richkd.engine.io import write_json_atomic, write_text_atomic
+from richkd.errors import RichKDError
 from richkd.study import stats
 from richkd.study.grid import DONE, run_dir, run_state
+from richkd.study.metrics import METRICS
 from richkd.study.spec import StudySpec
 
-__all__ = ["METRICS", "collect_results", "render_results_markdown", "write_results"]
+__all__ = ["METRICS", "collect_results", "compare_arms", "recompute_results", "render_results_markdown",
+           "write_results"]
 
-# key -> (label, digits, higher is better)
-METRICS: dict[str, tuple[str, int, bool]] = {
-    "best_top1": ("best top-1 (%, chosen on test)", 2, True),
-    "last_top1": ("last top-1 (%)", 2, True),
-    "nll": ("NLL", 3, False),
-    "ece": ("ECE (%)", 2, False),
-    "confident_correct": ("confident-correct (%)", 1, True),
-    "confident_wrong": ("confidently wrong (%)", 1, False),
-    "mean_corruption_accuracy": ("mean corruption acc. (%)", 2, True),
-}
 
 
 def run_key(arm: str, seed: int) -> str:
@@ -95,24 +88,7 @@ def collect_results(spec: StudySpec, analysis_path: Path | None) -> dict[str, An
         arms[arm.name] = {"title": arm.title, "seeds_asked": list(spec.seeds), "seeds_done": done,
                           "complete": len(done) == len(spec.seeds),
                           "per_seed": {str(s): r for s, r in per_seed.items()}, "summary": summary}
-    comparisons = []
-    for reference in spec.compare:
-        for name in spec.arms:
-            if name == reference:
-                continue
-            for metric in METRICS:
-                values = {int(s): r[metric] for s, r in arms[name]["per_seed"].items()}
-                ref = {int(s): r[metric] for s, r in arms[reference]["per_seed"].items()}
-                diffs = stats.paired_differences(values, ref)
-                interval = stats.t_interval(list(diffs.values()))
-                comparisons.append({
-                    "arm": name, "against": reference, "metric": metric, "seeds": list(diffs),
-                    "differences": list(diffs.values()), "n": len(diffs),
-                    "mean": stats.mean(list(diffs.values())) if diffs else None,
-                    "low": None if interval is None else interval.low,
-                    "high": None if interval is None else interval.high,
-                    "confidence": 0.95, "verdict": stats.verdict(interval) if diffs else "no paired seeds",
-                })
+    comparisons, correction = compare_arms(arms, spec)
     notes = []
     if analysis is None:
         notes.append("Confident-correct / confidently-wrong fractions: no analysis of the runs' predictions "
@@ -133,13 +109,108 @@ def collect_results(spec: StudySpec, analysis_path: Path | None) -> dict[str, An
     notes.append(f"The report's calibration, quadrant and robustness sections show seed {spec.shown_seed()} of "
                  "each arm; the tables here use every seed done.")
     return {
-        "version": 1, "study": spec.name, "seeds": list(spec.seeds), "compare": list(spec.compare),
+        "version": RESULTS_VERSION, "study": spec.name, "seeds": list(spec.seeds), "compare": list(spec.compare),
+        "headline": _headline_list(spec), "correction": correction,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": {k: {"label": label, "digits": digits, "higher_is_better": hib}
                     for k, (label, digits, hib) in METRICS.items()},
         "tau": None if analysis is None else analysis.get("tau"),
         "arms": arms, "comparisons": comparisons, "notes": notes,
     }
+
+
+RESULTS_VERSION = 2  # 2: headline family with Holm's correction, effect sizes, exploratory labels
+CONFIDENCE = 0.95
+HOLM_RULE = ("Holm's step-down correction over the headline family of m comparisons: sort their paired t-test "
+             "p-values p(1) <= ... <= p(m); adjusted p(i) = max over j <= i of min(1, (m − j + 1)·p(j)); a headline "
+             "comparison is beyond seed noise iff its adjusted p <= α, which holds the chance of any false call in "
+             "the family at most α")
+
+
+def _headline_list(spec: StudySpec) -> list[dict[str, str]]:
+    return [{"arm": h.arm, "against": h.against, "metric": h.metric} for h in spec.headline]
+
+
+def _paired(arms: Mapping[str, Any], arm: str, against: str, metric: str, family: str) -> dict[str, Any]:
+    """One comparison arm − against on `metric` over the seeds both finished: the mean difference and its 95 %
+    t-interval, Cohen's d_z and its interval, the paired t-test; the verdict is set by `compare_arms`."""
+    values = {int(s): r[metric] for s, r in arms[arm]["per_seed"].items()}
+    ref = {int(s): r[metric] for s, r in arms[against]["per_seed"].items()}
+    diffs = stats.paired_differences(values, ref)
+    d = list(diffs.values())
+    interval, test, dz = stats.t_interval(d, CONFIDENCE), stats.paired_t_test(d), stats.cohens_dz_interval(d)
+    return {
+        "arm": arm, "against": against, "metric": metric, "family": family, "seeds": list(diffs),
+        "differences": d, "n": len(d), "mean": stats.mean(d) if d else None, "sd": stats.sample_std(d),
+        "low": None if interval is None else interval.low, "high": None if interval is None else interval.high,
+        "confidence": CONFIDENCE,
+        "dz": None if dz is None else dz.mean, "dz_low": None if dz is None else dz.low,
+        "dz_high": None if dz is None else dz.high,
+        "t": None if test is None else test.t, "df": None if test is None else test.df,
+        "p": None if test is None else test.p, "p_holm": None, "fw_low": None, "fw_high": None,
+        "fw_confidence": None, "verdict": "",
+    }
+
+
+def _untested(cmp: dict[str, Any]) -> str | None:
+    if cmp["n"] == 0:
+        return stats.NO_PAIRS
+    if cmp["n"] < 2:
+        return stats.TOO_FEW
+    return stats.NO_SPREAD if cmp["p"] is None else None
+
+
+def compare_arms(arms: Mapping[str, Any], spec: StudySpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The headline comparisons (Holm over their family, verdicts) then every arm against each `compare` arm on
+    every metric (exploratory, uncorrected: intervals and p, no verdict of noise), and the correction used."""
+    missing = [name for h in spec.headline for name in (h.arm, h.against) if name not in arms]
+    missing += [name for name in spec.compare if name not in arms]
+    if missing:
+        raise RichKDError(f"study {spec.name}: the results have no arm {missing[0]!r}; arms: {', '.join(arms)}")
+    headline = [_paired(arms, h.arm, h.against, h.metric, "headline") for h in spec.headline]
+    m, alpha = len(headline), spec.alpha
+    for cmp, adjusted in zip(headline, stats.holm([c["p"] for c in headline]), strict=True):
+        cmp["p_holm"] = adjusted
+        wide = stats.t_interval(cmp["differences"], 1.0 - alpha / m)
+        if wide is not None:
+            cmp["fw_low"], cmp["fw_high"], cmp["fw_confidence"] = wide.low, wide.high, 1.0 - alpha / m
+        cmp["verdict"] = _untested(cmp) or (stats.BEYOND_HOLM if adjusted is not None and adjusted <= alpha
+                                            else stats.WITHIN_HOLM)
+    declared = {(h.arm, h.against, h.metric) for h in spec.headline}
+    exploratory = []
+    for reference in spec.compare:
+        for name in arms:
+            for metric in METRICS:
+                if name == reference or (name, reference, metric) in declared:
+                    continue
+                cmp = _paired(arms, name, reference, metric, "exploratory")
+                low, high = cmp["low"], cmp["high"]
+                cmp["verdict"] = _untested(cmp) or (stats.EXPLORATORY_EXCLUDES if low > 0.0 or high < 0.0
+                                                    else stats.EXPLORATORY_INCLUDES)
+                exploratory.append(cmp)
+    correction = {
+        "method": "holm" if m else "none", "alpha": alpha, "family_size": m, "rule": HOLM_RULE if m else
+        "no headline comparisons declared (spec key `headline`): every comparison is exploratory",
+        "exploratory": f"{len(exploratory)} exploratory comparisons, uncorrected for multiplicity: if no arm "
+                       f"differed from its reference, about {0.05 * len(exploratory):.0f} of them would exclude 0 by "
+                       "chance alone",
+        "family_interval": (f"Headline rows also give the Bonferroni interval at {1 - alpha / m:.4g} confidence "
+                            "(1 − α/m), the simultaneous interval that matches the family-wise level; Holm can call "
+                            "an effect beyond noise while that interval still touches 0, never the reverse")
+        if m else None,
+    }
+    return headline + exploratory, correction
+
+
+def recompute_results(results: Mapping[str, Any], spec: StudySpec) -> dict[str, Any]:
+    """`results` (a results.json of any version) with its comparisons recomputed from the per-run numbers it holds,
+    under `spec`'s compare arms and headline family: the tables without the run directories."""
+    if results.get("study") != spec.name:
+        raise RichKDError(f"results of study {results.get('study')!r} do not belong to spec {spec.name!r}")
+    comparisons, correction = compare_arms(results["arms"], spec)
+    return {**results, "version": RESULTS_VERSION, "compare": list(spec.compare), "headline": _headline_list(spec),
+            "correction": correction, "comparisons": comparisons,
+            "recomputed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def render_results_markdown(results: dict[str, Any]) -> str:

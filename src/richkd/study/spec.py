@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from richkd.errors import RichKDError
+from richkd.study.metrics import DEFAULT_HEADLINE_METRIC, METRICS
 
-__all__ = ["AnalysisSpec", "ArmSpec", "PrepareSpec", "RobustnessSpec", "StudySpec", "load_spec", "parse_spec",
-           "split_argv"]
+__all__ = ["AnalysisSpec", "ArmSpec", "HeadlineSpec", "PrepareSpec", "RobustnessSpec", "StudySpec", "load_spec",
+           "parse_spec", "split_argv"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
@@ -45,6 +46,16 @@ class ArmSpec:
     name: str
     title: str
     argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeadlineSpec:
+    """A comparison the study was designed to answer: `arm` − `against` on `metric`, paired by seed. The headline
+    comparisons form the family that Holm's correction covers; every other comparison is exploratory."""
+
+    arm: str
+    against: str
+    metric: str = DEFAULT_HEADLINE_METRIC
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,8 @@ class StudySpec:
     common: tuple[str, ...] = ()
     prepare: tuple[PrepareSpec, ...] = ()
     compare: tuple[str, ...] = ()
+    headline: tuple[HeadlineSpec, ...] = ()
+    alpha: float = 0.05  # family-wise error rate of the headline family
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
 
     @property
@@ -318,7 +331,37 @@ def _prepare(r: _Reader) -> tuple[PrepareSpec, ...]:
     return tuple(steps)
 
 
-TOP_KEYS = ("name", "title", "out", "seeds", "parallel", "threads", "common", "prepare", "arms", "compare", "analysis")
+def _headline(r: _Reader, arms: Mapping[str, ArmSpec]) -> tuple[HeadlineSpec, ...]:
+    """`headline: [[ARM, AGAINST], [ARM, AGAINST, METRIC], ...]`: each pair of arms and a metric, at most once."""
+    raw = r.raw.get("headline")
+    if raw is None:
+        return ()
+    usage = ("headline must be a list of [ARM, AGAINST] or [ARM, AGAINST, METRIC], e.g. "
+             "[[richkd_l, control_l], [richkd_l, kd, ece]]")
+    if not isinstance(raw, list):
+        raise r.error(usage)
+    found: list[HeadlineSpec] = []
+    for i, item in enumerate(raw):
+        if not (isinstance(item, list) and len(item) in (2, 3) and all(isinstance(v, str) for v in item)):
+            raise r.error(f"headline[{i}] is {item!r}: {usage}")
+        arm, against, *rest = item
+        for name in (arm, against):
+            if name not in arms:
+                raise r.error(f"headline[{i}] names {name!r}, which is not an arm; arms: {', '.join(arms)}")
+        if arm == against:
+            raise r.error(f"headline[{i}] compares {arm!r} with itself; name two different arms")
+        metric = rest[0] if rest else DEFAULT_HEADLINE_METRIC
+        if metric not in METRICS:
+            raise r.error(f"headline[{i}]: unknown metric {metric!r}; metrics: {', '.join(METRICS)}")
+        entry = HeadlineSpec(arm=arm, against=against, metric=metric)
+        if entry in found:
+            raise r.error(f"headline[{i}] repeats {arm} vs {against} on {metric}")
+        found.append(entry)
+    return tuple(found)
+
+
+TOP_KEYS = ("name", "title", "out", "seeds", "parallel", "threads", "common", "prepare", "arms", "compare", "headline",
+            "alpha", "analysis")
 
 
 def parse_spec(raw: Any, source: str) -> StudySpec:
@@ -343,10 +386,13 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     for arm in compare:
         if arm not in arms:
             raise r.error(f"compare names {arm!r}, which is not an arm; arms: {', '.join(arms)}")
+    alpha = float(r.get("alpha", (int, float), 0.05, "a number in (0, 1)"))
+    if not 0.0 < alpha < 1.0:
+        raise r.error(f"alpha must be in (0, 1), got {alpha}")
     return StudySpec(
         name=name, out=out, seeds=tuple(seeds), arms=arms, title=r.get("title", str, None, "a string"),
         parallel=parallel, threads=threads, common=common, prepare=_prepare(r), compare=compare,
-        analysis=_analysis(r, r.raw.get("analysis"), arms, seeds),
+        headline=_headline(r, arms), alpha=alpha, analysis=_analysis(r, r.raw.get("analysis"), arms, seeds),
     )
 
 

@@ -52,32 +52,70 @@ def results_table(results: dict[str, Any]) -> Table:
     return Table(headers, tuple(rows))
 
 
+def _signed(value: Any, digits: int) -> str:
+    return "—" if value is None else f"{float(value):+.{digits}f}"
+
+
+def _interval(low: Any, high: Any, digits: int) -> str:
+    return "—" if low is None or high is None else f"[{_signed(low, digits)}, {_signed(high, digits)}]"
+
+
+def _p(value: Any) -> str:
+    if value is None:
+        return "—"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _per_seed(cmp: dict[str, Any], digits: int) -> str:
+    return ", ".join(f"s{s}: {_signed(d, digits)}" for s, d in zip(cmp["seeds"], cmp["differences"], strict=True))
+
+
 def comparison_tables(results: dict[str, Any]) -> list[tuple[str, Table]]:
-    """Per reference arm: for each other arm and metric, the per-seed differences, their mean and 95 % interval."""
+    """The headline comparisons (Holm-corrected verdicts), then per reference arm the exploratory comparisons
+    (uncorrected): per-seed differences, mean and 95 % t-interval, Cohen's d_z and its interval, paired-t p."""
     metrics, arms = results["metrics"], results["arms"]
     labels = metric_labels(results)
+    comparisons = results["comparisons"]
     found = []
+    headline = [c for c in comparisons if c.get("family") == "headline"]
+    if headline:
+        corr = results.get("correction") or {}
+        rows: list[tuple[str, ...]] = []
+        for cmp in headline:
+            digits = int(metrics[cmp["metric"]]["digits"])
+            rows.append((f"{cmp['arm']} − {cmp['against']}", labels[cmp["metric"]], str(cmp["n"]),
+                         _per_seed(cmp, digits) or "—",
+                         f"{_signed(cmp['mean'], digits)} {_interval(cmp['low'], cmp['high'], digits)}",
+                         _interval(cmp.get("fw_low"), cmp.get("fw_high"), digits),
+                         f"{_signed(cmp.get('dz'), 2)} {_interval(cmp.get('dz_low'), cmp.get('dz_high'), 2)}",
+                         _p(cmp.get("p")), _p(cmp.get("p_holm")), cmp["verdict"]))
+        m, alpha = corr.get("family_size", len(headline)), corr.get("alpha", 0.05)
+        fw = f"{100 * (1 - alpha / m):.4g} %" if m else "—"
+        found.append((f"Headline comparisons (declared in the spec): Holm's correction over the family of m = {m}, "
+                      f"family-wise α = {alpha}",
+                      Table(("comparison", "metric", "n", "per-seed difference", "mean [95 % interval]",
+                             f"{fw} interval (Bonferroni)", "d_z [95 % interval]", "p (paired t)", "Holm p",
+                             "verdict"), tuple(rows))))
     for reference in results.get("compare", []):
-        rows = []
-        for cmp in results["comparisons"]:
-            if cmp["against"] != reference:
+        rows = []  # a fresh list per reference
+        for cmp in comparisons:
+            if cmp["against"] != reference or cmp.get("family") == "headline":
                 continue
             digits = int(metrics[cmp["metric"]]["digits"])
-            per_seed = ", ".join(f"s{s}: {num(d, digits)}" for s, d in zip(cmp["seeds"], cmp["differences"],
-                                                                             strict=True))
-            interval = ("—" if cmp["low"] is None
-                        else f"[{num(cmp['low'], digits)}, {num(cmp['high'], digits)}]")
-            rows.append((cmp["arm"], labels[cmp["metric"]],
-                         str(cmp["n"]), per_seed or "—", num(cmp["mean"], digits), interval, cmp["verdict"]))
+            rows.append((cmp["arm"], labels[cmp["metric"]], str(cmp["n"]), _per_seed(cmp, digits) or "—",
+                         _signed(cmp["mean"], digits), _interval(cmp["low"], cmp["high"], digits),
+                         f"{_signed(cmp.get('dz'), 2)} {_interval(cmp.get('dz_low'), cmp.get('dz_high'), 2)}",
+                         _p(cmp.get("p")), cmp["verdict"]))
         title = arms[reference].get("title") or reference
-        found.append((f"Paired differences against {reference} ({title}): arm − {reference}, same seed",
-                      Table(("arm", "metric", "n", "per-seed difference", "mean", "95 % interval", "verdict"),
-                            tuple(rows))))
+        found.append((f"Paired differences against {reference} ({title}): arm − {reference}, same seed; exploratory, "
+                      "uncorrected for multiple comparisons",
+                      Table(("arm", "metric", "n", "per-seed difference", "mean", "95 % interval",
+                             "d_z [95 % interval]", "p (paired t, uncorrected)", "label"), tuple(rows))))
     return found
 
 
 def study_notes(results: dict[str, Any]) -> list[str]:
-    """How to read the tables: the protocol behind each column, the marks, the verdict rule."""
+    """How to read the tables: the protocol behind each column, the marks, the correction and the labels."""
     seeds = ", ".join(str(s) for s in results["seeds"])
     notes = [
         f"{len(results['seeds'])} seeds asked per arm ({seeds}); ± is the sample standard deviation over the seeds "
@@ -88,10 +126,21 @@ def study_notes(results: dict[str, Any]) -> list[str]:
         "during training.",
     ]
     notes += [str(n) for n in results.get("notes", [])]
-    if results.get("compare"):
+    if results.get("comparisons"):
         notes.append("Paired comparisons: for every seed both arms finished, the difference arm − reference; mean "
-                     "and 95 % t-interval (mean ± t(0.975, n−1)·s/√n). \"beyond seed noise\" means the interval "
-                     "excludes 0; with one seed there is no interval.")
+                     "and 95 % t-interval (mean ± t(0.975, n−1)·s/√n); Cohen's d_z = mean / s with its exact "
+                     "interval (noncentral t); p of the two-sided paired t-test (t = mean / (s/√n), n − 1 df). "
+                     "With one seed there is no interval and no test.")
+        corr = results.get("correction") or {}
+        if corr.get("method") == "holm":
+            notes.append(f"Correction: {corr['rule']} (α = {corr['alpha']}, m = {corr['family_size']}). "
+                         f"{corr.get('family_interval') or ''}.")
+        else:
+            notes.append("Correction: none — the spec declares no headline comparisons, so no comparison gets a "
+                         "verdict of noise.")
+        notes.append("Exploratory comparisons (every one not declared headline) are labelled by whether their "
+                     "uncorrected 95 % interval excludes 0; such a label is not a finding: "
+                     + str(corr.get("exploratory", "they are not corrected for multiplicity")) + ".")
     return notes
 
 
