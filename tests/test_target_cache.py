@@ -291,3 +291,36 @@ def test_builder_refuses_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(RichKDError, match="not a target cache"):
         build(RandomVLM(), out)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_to_device_keeps_the_stored_dtypes_and_serves_the_same_bits(cache_dir: Path) -> None:
+    """Issue 27 item 4: nothing is upcast when loaded; every batch equals the old load-upcast-normalise path's."""
+    cache = TargetCache.open(cache_dir)
+    # the old path, reimplemented: the whole array upcast to float32 and normalised once, then gathered
+    old_emb = F.normalize(torch.from_numpy(np.load(cache_dir / "image_emb.npy")).float(), dim=-1)
+    old_cos = torch.from_numpy(np.load(cache_dir / "cosines.npy"))
+    old_aug = torch.from_numpy(np.load(cache_dir / "aug_params.npy")).long()
+    gen = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(0, N, (b,), generator=gen), torch.randint(0, V, (b,), generator=gen)) for b in (1, 5, 32)]
+    for resident in (False, True):
+        if resident:
+            cache.to_device("cpu")
+        assert cache.resident == resident
+        for idx, views in batches:
+            t = cache.lookup(idx, views)
+            assert torch.equal(t.cosines, old_cos[idx, views]) and torch.equal(t.image_emb, old_emb[idx, views])
+            p = cache.aug_params(idx, views)
+            assert torch.equal(torch.stack([p.dx, p.dy, p.flip.long()], -1), old_aug[idx, views])
+    # resident bytes: N V (4 C + 2 E + 2 * 3) as stored, where the old path held N V (4 C + 4 E + 8 * 3)
+    assert cache.resident_nbytes == N * V * (4 * C + 2 * E + 2 * 3) == cache.meta.nbytes
+
+
+def test_fits_uses_the_shared_memory_guard(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import richkd.teachers.residency as residency
+
+    cache = TargetCache.open(cache_dir)
+    need = N * V * (4 * C + 2 * E + 2 * 3)
+    monkeypatch.setattr(residency, "memory_available", lambda device: 2 * need)
+    assert cache.fits("cpu")  # exactly half of what is available
+    monkeypatch.setattr(residency, "memory_available", lambda device: 2 * need - 1)
+    assert not cache.fits("cpu")
