@@ -324,3 +324,22 @@ def test_fits_uses_the_shared_memory_guard(cache_dir: Path, monkeypatch: pytest.
     assert cache.fits("cpu")  # exactly half of what is available
     monkeypatch.setattr(residency, "memory_available", lambda device: 2 * need - 1)
     assert not cache.fits("cpu")
+
+
+def test_a_cache_larger_than_half_the_free_memory_is_served_from_disk(
+    cache_dir: Path, arrays: dict[str, Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import richkd.teachers.residency as residency
+    from richkd.build import open_cache
+    from richkd.config import config_from_dict
+    from richkd.data.arrays import ArrayDataset
+
+    cfg = config_from_dict({"vlm": {"cache": str(cache_dir)}})
+    train = ArrayDataset(name="toy", split="train", images=torch.zeros(N, 3, 4, 4, dtype=torch.uint8),
+                         labels=torch.arange(N) % C, classes=CLASSES, mean=(0.5,) * 3, std=(0.25,) * 3,
+                         source="test")
+    for available, resident in ((10**12, True), (100, False)):
+        monkeypatch.setattr(residency, "memory_available", lambda device, a=available: a)
+        cache = open_cache(cfg, train, torch.device("cpu"))
+        assert cache.resident == resident
+        assert torch.equal(cache.lookup(torch.tensor([3]), torch.tensor([2])).cosines, arrays["cosines"][3, 2][None])

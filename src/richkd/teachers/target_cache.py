@@ -197,9 +197,10 @@ def map_cache_rows(
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int16": torch.int16}
 
 
-def _take(t: Tensor, indices: Tensor, views: Tensor) -> Tensor:
+def take_views(t: Tensor, indices: Tensor, views: Tensor) -> Tensor:
     """t[indices, views] for a contiguous [N, V, K] tensor, as one index_select of the [N * V, K] view: the same
-    values, without advanced indexing's slow path for float16/int16 on CPU (~300x slower measured on a 2-core EPYC)."""
+    values, without advanced indexing's slow path for float16/int16 on CPU (4.4 ms against 0.012 ms for 128 rows of
+    a [1000, 162, 512] float16 tensor on the 2-core EPYC this was written on)."""
     return t.view(-1, t.shape[-1]).index_select(0, indices * t.shape[1] + views)
 
 
@@ -392,7 +393,7 @@ class TargetCache:
         """Targets of rows `indices` [B] at views `views` [B] (both int64): cosines [B, C] float32 and unit image
         embeddings [B, E] float32 (re-normalised after fp16 storage; per row, so the same bits on either path)."""
         if self._cosines is not None and self._image_emb is not None:
-            cosines, emb = _take(self._cosines, indices, views), _take(self._image_emb, indices, views)
+            cosines, emb = take_views(self._cosines, indices, views), take_views(self._image_emb, indices, views)
         else:
             cosines = self._gather_np("cosines.npy", indices, views)  # [B, C]
             emb = self._gather_np("image_emb.npy", indices, views)  # [B, E] float16
@@ -404,7 +405,7 @@ class TargetCache:
 
         aug = self._aug
         params = (
-            _take(aug, indices, views) if aug is not None else self._gather_np("aug_params.npy", indices, views)
+            take_views(aug, indices, views) if aug is not None else self._gather_np("aug_params.npy", indices, views)
         ).long()  # [B, 3]
         return CropFlip(dx=params[:, 0], dy=params[:, 1], flip=params[:, 2].bool())
 

@@ -36,7 +36,7 @@ from richkd.errors import RichKDError
 from richkd.targets import TeacherTargets
 from richkd.teachers.chunked import META_FILE, PROGRESS_FILE
 from richkd.teachers.residency import fits_in_memory, memory_available
-from richkd.teachers.target_cache import map_cache_rows
+from richkd.teachers.target_cache import map_cache_rows, take_views
 
 __all__ = ["CachedTeacher", "TeacherCache", "TeacherCacheMeta", "array_shapes", "memory_available"]
 
@@ -202,14 +202,18 @@ class TeacherCache:
         return fits_in_memory(self.meta.nbytes, device, fraction)
 
     def to_device(self, device: torch.device | str) -> None:
-        """Load both arrays onto `device` as float16 tensors (half the memory of float32; cast per batch)."""
-        self._logits = torch.from_numpy(np.array(self._np["logits.npy"])).to(device)
-        self._pooled = torch.from_numpy(np.array(self._np["pooled.npy"])).to(device)
+        """Load both arrays onto `device` as float16 tensors (half the memory of float32; cast per batch). Read, not
+        copied out of the memory map, whose pages would count twice in the peak RSS."""
+        logits = torch.from_numpy(np.load(self.path / "logits.npy", allow_pickle=False))
+        pooled = torch.from_numpy(np.load(self.path / "pooled.npy", allow_pickle=False))
+        if logits.shape != self._np["logits.npy"].shape or pooled.shape != self._np["pooled.npy"].shape:
+            raise RichKDError(f"teacher cache {self.path} changed on disk since it was opened; {_rebuild(self.path)}")
+        self._logits, self._pooled = logits.to(device), pooled.to(device)
 
     def lookup(self, rows: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
         """(logits [B, C], pooled [B, D]) in float32 of cache rows `rows` at views `views` (int64 [B])."""
         if self._logits is not None and self._pooled is not None:
-            return self._logits[rows, views].float(), self._pooled[rows, views].float()
+            return take_views(self._logits, rows, views).float(), take_views(self._pooled, rows, views).float()
         r, v = rows.cpu().numpy(), views.cpu().numpy()
         logits = torch.from_numpy(np.asarray(self._np["logits.npy"][r, v])).to(rows.device).float()
         pooled = torch.from_numpy(np.asarray(self._np["pooled.npy"][r, v])).to(rows.device).float()
