@@ -343,3 +343,17 @@ def test_a_cache_larger_than_half_the_free_memory_is_served_from_disk(
         cache = open_cache(cfg, train, torch.device("cpu"))
         assert cache.resident == resident
         assert torch.equal(cache.lookup(torch.tensor([3]), torch.tensor([2])).cosines, arrays["cosines"][3, 2][None])
+
+
+def test_a_cache_built_before_subset_rule_was_recorded_is_still_complete(tmp_path: Path) -> None:
+    """Rerunning the command of a whole-split cache from before issue 27 (meta.json without subset_rule) finds it
+    complete instead of refusing it as another recipe: the rule is provenance, the rows are pinned otherwise."""
+    from richkd.teachers.random_vlm import RandomVLM
+
+    out = build(RandomVLM(seed=0), tmp_path / "c")
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["subset_rule"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    before = (out / "cosines.npy").stat().st_mtime_ns
+    assert build(RandomVLM(seed=0), out) == out
+    assert (out / "cosines.npy").stat().st_mtime_ns == before and TargetCache.open(out).meta.subset_rule == 1
