@@ -76,3 +76,18 @@ def test_fit_scale_from_either_cache_is_the_same(caches: dict[str, Path]) -> Non
     assert fitted["all"]["logit_scale"] == pytest.approx(fitted["plain"]["logit_scale"], rel=1e-4)
     assert fitted["all"]["nll_at_1"] == pytest.approx(fitted["plain"]["nll_at_1"], rel=1e-5)
     assert fitted["all"]["view_index"] == 40 and fitted["plain"]["view_index"] == 0
+
+
+def test_fit_scale_on_a_subset_cache_without_limit_uses_every_row_it_holds(
+    caches: dict[str, Path], tmp_path: Path
+) -> None:
+    sub, full = tmp_path / "sub", tmp_path / "full.json"
+    data = caches["data"]
+    assert main(["vlm", "cache", *data, "--teacher", "random:0", "--no-bf16", "--no-flip", "--limit", "6",  # type: ignore[list-item]
+                 "--out", str(sub)]) == 0
+    assert main(["vlm", "fit-scale", *data, "--cache", str(sub), "--out", str(tmp_path / "sub.json")]) == 0  # type: ignore[list-item]
+    assert main(["vlm", "fit-scale", *data, "--cache", str(caches["plain"]), "--limit", "6",  # type: ignore[list-item]
+                 "--out", str(full)]) == 0
+    a, b = json.loads((tmp_path / "sub.json").read_text()), json.loads(full.read_text())
+    # the same 6 rows (2 per class) whether the cache holds only them or the rows are picked from a full cache
+    assert a["nll_at_1"] == pytest.approx(b["nll_at_1"], rel=1e-5)

@@ -218,15 +218,14 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
     cache = TargetCache.open(args.cache)
     cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
-    run_rows = stratified_rows(ds.labels, args.limit) if args.limit is not None else None
-    cache_rows = cache.cache_rows(ds.labels, run_rows)
+    limit = args.limit if args.limit is not None else cache.meta.subset_limit  # no --limit: every row it holds
+    run_rows = stratified_rows(ds.labels, limit) if limit is not None else None
+    cache_rows = cache.cache_rows(ds.labels, run_rows)  # refuses rows the cache lacks, or another rule's rows
     labels = ds.labels if run_rows is None else ds.labels[run_rows]
     view = None if args.all_views else cache.meta.plain_view
     cosines = cache.all_cosines(view)
     if cache_rows is not None:
         cosines = cosines[cache_rows]
-    elif cache.meta.subset_limit is not None:  # a subset cache and no --limit: every row the cache holds
-        labels = ds.labels[stratified_rows(ds.labels, cache.meta.subset_limit)]
     if args.all_views:  # [N, V, C] -> [N*V, C], each view labelled with its row's class
         labels = labels.repeat_interleave(cache.n_views)
         cosines = cosines.reshape(-1, cosines.shape[-1])
