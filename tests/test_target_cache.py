@@ -291,3 +291,69 @@ def test_builder_refuses_a_foreign_folder(tmp_path: Path) -> None:
     with pytest.raises(RichKDError, match="not a target cache"):
         build(RandomVLM(), out)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_to_device_keeps_the_stored_dtypes_and_serves_the_same_bits(cache_dir: Path) -> None:
+    """Issue 27 item 4: nothing is upcast when loaded; every batch equals the old load-upcast-normalise path's."""
+    cache = TargetCache.open(cache_dir)
+    # the old path, reimplemented: the whole array upcast to float32 and normalised once, then gathered
+    old_emb = F.normalize(torch.from_numpy(np.load(cache_dir / "image_emb.npy")).float(), dim=-1)
+    old_cos = torch.from_numpy(np.load(cache_dir / "cosines.npy"))
+    old_aug = torch.from_numpy(np.load(cache_dir / "aug_params.npy")).long()
+    gen = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(0, N, (b,), generator=gen), torch.randint(0, V, (b,), generator=gen)) for b in (1, 5, 32)]
+    for resident in (False, True):
+        if resident:
+            cache.to_device("cpu")
+        assert cache.resident == resident
+        for idx, views in batches:
+            t = cache.lookup(idx, views)
+            assert torch.equal(t.cosines, old_cos[idx, views]) and torch.equal(t.image_emb, old_emb[idx, views])
+            p = cache.aug_params(idx, views)
+            assert torch.equal(torch.stack([p.dx, p.dy, p.flip.long()], -1), old_aug[idx, views])
+    # resident bytes: N V (4 C + 2 E + 2 * 3) as stored, where the old path held N V (4 C + 4 E + 8 * 3)
+    assert cache.resident_nbytes == N * V * (4 * C + 2 * E + 2 * 3) == cache.meta.nbytes
+
+
+def test_fits_uses_the_shared_memory_guard(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import richkd.teachers.residency as residency
+
+    cache = TargetCache.open(cache_dir)
+    need = N * V * (4 * C + 2 * E + 2 * 3)
+    monkeypatch.setattr(residency, "memory_available", lambda device: 2 * need)
+    assert cache.fits("cpu")  # exactly half of what is available
+    monkeypatch.setattr(residency, "memory_available", lambda device: 2 * need - 1)
+    assert not cache.fits("cpu")
+
+
+def test_a_cache_larger_than_half_the_free_memory_is_served_from_disk(
+    cache_dir: Path, arrays: dict[str, Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import richkd.teachers.residency as residency
+    from richkd.build import open_cache
+    from richkd.config import config_from_dict
+    from richkd.data.arrays import ArrayDataset
+
+    cfg = config_from_dict({"vlm": {"cache": str(cache_dir)}})
+    train = ArrayDataset(name="toy", split="train", images=torch.zeros(N, 3, 4, 4, dtype=torch.uint8),
+                         labels=torch.arange(N) % C, classes=CLASSES, mean=(0.5,) * 3, std=(0.25,) * 3,
+                         source="test")
+    for available, resident in ((10**12, True), (100, False)):
+        monkeypatch.setattr(residency, "memory_available", lambda device, a=available: a)
+        cache = open_cache(cfg, train, torch.device("cpu"))
+        assert cache.resident == resident
+        assert torch.equal(cache.lookup(torch.tensor([3]), torch.tensor([2])).cosines, arrays["cosines"][3, 2][None])
+
+
+def test_a_cache_built_before_subset_rule_was_recorded_is_still_complete(tmp_path: Path) -> None:
+    """Rerunning the command of a whole-split cache from before issue 27 (meta.json without subset_rule) finds it
+    complete instead of refusing it as another recipe: the rule is provenance, the rows are pinned otherwise."""
+    from richkd.teachers.random_vlm import RandomVLM
+
+    out = build(RandomVLM(seed=0), tmp_path / "c")
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["subset_rule"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    before = (out / "cosines.npy").stat().st_mtime_ns
+    assert build(RandomVLM(seed=0), out) == out
+    assert (out / "cosines.npy").stat().st_mtime_ns == before and TargetCache.open(out).meta.subset_rule == 1

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,8 @@ from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset
 from richkd.data.stream.splits import StreamSplit, open_stream_splits
-from richkd.data.subset import subset
+from richkd.data.subset import SUBSET_RULE, check_recorded_subset, rows_sha256, subset
 from richkd.data.valsplit import ValSplit, split_validation
-from richkd.data.views import exact_view_names, plain_view_id
 from richkd.distill import (
     CRD,
     DIST,
@@ -106,7 +106,11 @@ def open_cache(cfg: RunConfig, train: Split, device: torch.device) -> TargetCach
         )
     if isinstance(train, StreamSplit):  # ImageNet: 1.28 M x 1000 cosines stay memory-mapped, read per batch
         return cache
-    cache.to_device(device)
+    if cache.fits(device):
+        cache.to_device(device)
+    else:
+        log.warning("target cache %s (%.1f GiB) exceeds half the free memory: serving it from disk",
+                    cfg.vlm.cache, cache.meta.nbytes / 2**30)
     return cache
 
 
@@ -264,8 +268,7 @@ def is_exact(cfg: RunConfig) -> bool:
         return False
     from richkd.teachers.target_cache import read_meta
 
-    meta = read_meta(cfg.vlm.cache)
-    return meta.view_names == exact_view_names(meta.pad)
+    return read_meta(cfg.vlm.cache).is_exact
 
 
 def build_targets(
@@ -296,7 +299,7 @@ def build_targets(
         row_map = row_map.to(device)
     vlm_view = None
     if cache is not None and cfg.vlm.view_mode == "plain":
-        vlm_view = plain_view_id(cache.meta.pad) if is_exact(cfg) else 0
+        vlm_view = cache.meta.plain_view
     fused = FusedTargets(
         source,
         cache,
@@ -315,18 +318,26 @@ def exact_views(cfg: RunConfig, cache: TargetCache | None) -> bool:
     return (bool(cfg.model.teacher_cache) and not isinstance(cfg.distill, VanillaConfig)) or matched_exact
 
 
-def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str, Any]]:
-    """Build everything a run needs, failing before any file is written. Returns (parts, provenance)."""
+def build_fit(
+    cfg: RunConfig, device: torch.device, previous: Mapping[str, Any] | None = None
+) -> tuple[FitParts, dict[str, Any]]:
+    """Build everything a run needs, failing before any file is written. Returns (parts, provenance).
+
+    `previous`: the run.json of the run being resumed; refused when its subsets are other rows than today's."""
     streamed = cfg.data.name == STREAMED_DATASET
     full_train: Split
+    subsets: dict[str, Any] = {}  # streamed data are never subset
     if streamed:
         full_train, stream_test = open_stream_splits(cfg.data.root, cfg.data.train_split, cfg.data.test_split)
         train: Split = full_train
         row_map = None
     else:
-        full_train, test = load_data(cfg)
+        full_train, full_test = load_data(cfg)
         train, row_map = subset(full_train, cfg.data.train_limit)
-        test, _ = subset(test, cfg.data.test_limit)
+        test, test_rows = subset(full_test, cfg.data.test_limit)
+        subsets = subset_provenance(row_map, test_rows)
+        if previous is not None:
+            check_resumed_subsets(cfg, previous, full_train.labels, full_test.labels)
     val: ArrayDataset | None = None
     val_split: ValSplit | None = None
     if cfg.data.val_split > 0:  # config.validate refuses it on streamed data
@@ -442,6 +453,7 @@ def build_fit(cfg: RunConfig, device: torch.device) -> tuple[FitParts, dict[str,
         "val_split": val_record,
         "dataset_source": describe_source(full_train),
         "lr": lr,
+        **subsets,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
         "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,
     }
@@ -488,6 +500,27 @@ def describe_source(split: Split) -> str:
 def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
     """train.bf16=auto: bf16 only where it is faster (on an AMD EPYC without AMX a resnet56 step took 9x longer)."""
     return bf16_is_fast(device) if setting == "auto" else bool(setting)
+
+
+def subset_provenance(train_rows: Tensor | None, test_rows: Tensor | None) -> dict[str, Any]:
+    """run.json's record of which rows data.train_limit / data.test_limit picked (None: the whole split)."""
+    return {
+        "subset_rule": SUBSET_RULE,
+        "train_rows_sha256": None if train_rows is None else rows_sha256(train_rows),
+        "test_rows_sha256": None if test_rows is None else rows_sha256(test_rows),
+    }
+
+
+def check_resumed_subsets(
+    cfg: RunConfig, previous: Mapping[str, Any], train_labels: Tensor, test_labels: Tensor
+) -> None:
+    """A resumed run must keep training and testing on the rows it started with (see check_recorded_subset)."""
+    where = f"--resume: {cfg.out_dir}"
+    rule = previous.get("subset_rule")
+    check_recorded_subset(where, "data.train_limit", train_labels, cfg.data.train_limit, rule=rule,
+                          sha256=previous.get("train_rows_sha256"))
+    check_recorded_subset(where, "data.test_limit", test_labels, cfg.data.test_limit, rule=rule,
+                          sha256=previous.get("test_rows_sha256"))
 
 
 def describe_targets(cfg: RunConfig, distiller: Distiller) -> str | None:

@@ -111,6 +111,18 @@ def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
         run_dir.rmdir()
 
 
+def _previous_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run.json of the run being resumed (None if it has none), for build_fit's subset check."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RichKDError(f"--resume: {path} is not valid JSON ({exc})") from None
+    return previous if isinstance(previous, dict) else None
+
+
 def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str] | None = None) -> int:
     from richkd.build import build_fit
     from richkd.config import dump_config
@@ -120,7 +132,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str] | N
 
     torch.manual_seed(cfg.seed)
     device = dist.init_from_env(cfg.train.device)
-    parts, provenance = build_fit(cfg, device)
+    parts, provenance = build_fit(cfg, device, previous=_previous_run(run_dir) if resume else None)
     provenance["config_layers"] = layers or []
     log.info("%s", provenance["loss"])
     if provenance["teacher_targets"]:

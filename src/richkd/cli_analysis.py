@@ -50,7 +50,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     p.add_argument("--templates", default=None, help="prompt template file for --vlm (default: the 12 templates)")
     p.add_argument("--no-clean-names", dest="clean_names", action="store_false",
                    help="--vlm: feed raw class names (underscores kept), as the reference code does")
-    p.add_argument("--cache", default=None, help="target cache directory of this split (view 0 is used)")
+    p.add_argument("--cache", default=None, help="target cache directory of this split (its plain view is used)")
     p.add_argument("--alpha", type=float, default=None, help="α of the fused teacher α·z_T + (1 − α)·s·z_C")
     p.add_argument("--no-vlm", action="store_true", help="with --checkpoint and --alpha: the control α·z_T")
     p.add_argument("--vlm-scale", type=float, default=None,
@@ -179,10 +179,10 @@ def _load_checkpoint(path: Path, arch: str | None, classes: tuple[str, ...]) -> 
 
 
 def _cache_outputs(cache: TargetCache, full: ArrayDataset, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """(cosines [N, C], image_emb [N, E]) of view 0 for full-split `rows` (a subset cache is mapped)."""
+    """(cosines [N, C], image_emb [N, E]) of the plain view for full-split `rows` (a subset cache is mapped)."""
     cache_rows = cache.cache_rows(full.labels, rows)
     index = rows if cache_rows is None else cache_rows
-    targets = cache.lookup(index, torch.zeros_like(index))
+    targets = cache.lookup(index, torch.full_like(index, cache.meta.plain_view))
     return targets.cosines.float(), targets.image_emb.float()
 
 
@@ -190,7 +190,7 @@ def _cache_provenance(cache: TargetCache) -> dict[str, Any]:
     m = cache.meta
     return {"cache": str(cache.path), "cache_model_id": m.model_id, "cache_model_label": m.model_label,
             "cache_weights_sha256": m.weights_sha256, "cache_templates_sha256": m.templates_sha256,
-            "cache_view": m.view_names[0]}
+            "cache_view": m.view_names[m.plain_view], "cache_view_index": m.plain_view}
 
 
 @dataclass
@@ -281,6 +281,8 @@ def _provenance(
     kind: str, src: _Sources, args: argparse.Namespace, scale: float | None, vlm_prov: dict[str, Any]
 ) -> dict[str, Any]:
     """The predictions file's provenance (docs/analysis_formats.md), with checksums of every source."""
+    from richkd.data.subset import SUBSET_RULE
+
     sources: list[dict[str, Any]] = []
     ckpt_sha = None
     if args.checkpoint is not None:
@@ -305,6 +307,7 @@ def _provenance(
         "n_rows_split": len(src.full),
         "n_rows": len(src.ds),
         "limit": src.limit,
+        **({"subset_rule": SUBSET_RULE} if src.limit is not None else {}),
         "vlm_scale": scale,
         **({"alpha": args.alpha, "sources": sources} if kind in ("fused", "scaled_teacher") else {}),
         **({"checkpoint": args.checkpoint} if args.checkpoint is not None else {}),

@@ -28,7 +28,7 @@ def add_teacher_parser(subparsers: Any) -> None:
     cache.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     cache.add_argument("--split", default="train")
     cache.add_argument("--limit", type=int, default=None,
-                       help="a stratified subset of N rows (the first N/C per class, as data.train_limit=N)")
+                       help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
     cache.add_argument("--pad", type=int, default=4, help="random-crop padding of the runs it serves (data.pad)")
     cache.add_argument("--out", required=True, help="cache directory")
     cache.add_argument("--batch-size", type=int, default=1024, help="images (views) per teacher forward")

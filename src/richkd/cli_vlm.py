@@ -33,7 +33,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     p.add_argument("--split", default=split)
     p.add_argument("--limit", type=int, default=None,
-                   help="a stratified subset of N rows (the first N/C per class, as data.train_limit=N)")
+                   help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -82,7 +82,8 @@ def add_vlm_parser(subparsers: Any) -> None:
     fit = sub.add_parser("fit-scale", help="fit the logit scale minimising NLL of cached cosines (train data)")
     _add_data_args(fit, "train")
     fit.add_argument("--cache", required=True, help="target cache directory of that split")
-    fit.add_argument("--all-views", action="store_true", help="fit on every cached view, not just the plain one")
+    fit.add_argument("--all-views", action="store_true",
+                     help="fit on every cached view, not just the plain one (the cache's meta.plain_view)")
     fit.add_argument("--out", default=None, help="write the result as JSON here")
     fit.set_defaults(func=cmd_fit_scale, interrupt_hint="nothing was written")
 
@@ -217,14 +218,14 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
     cache = TargetCache.open(args.cache)
     cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
-    run_rows = stratified_rows(ds.labels, args.limit) if args.limit is not None else None
-    cache_rows = cache.cache_rows(ds.labels, run_rows)
+    limit = args.limit if args.limit is not None else cache.meta.subset_limit  # no --limit: every row it holds
+    run_rows = stratified_rows(ds.labels, limit) if limit is not None else None
+    cache_rows = cache.cache_rows(ds.labels, run_rows)  # refuses rows the cache lacks, or another rule's rows
     labels = ds.labels if run_rows is None else ds.labels[run_rows]
-    cosines = cache.all_cosines(None if args.all_views else 0)
+    view = None if args.all_views else cache.meta.plain_view
+    cosines = cache.all_cosines(view)
     if cache_rows is not None:
         cosines = cosines[cache_rows]
-    elif cache.meta.subset_limit is not None:  # a subset cache and no --limit: every row the cache holds
-        labels = ds.labels[stratified_rows(ds.labels, cache.meta.subset_limit)]
     if args.all_views:  # [N, V, C] -> [N*V, C], each view labelled with its row's class
         labels = labels.repeat_interleave(cache.n_views)
         cosines = cosines.reshape(-1, cosines.shape[-1])
@@ -232,7 +233,9 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     before = _metrics(cosines.float(), labels)
     after = _metrics(scale * cosines.float(), labels)
     result = {"cache": str(args.cache), "teacher": cache.meta.model_label, "logit_scale": scale,
-              "views": "all" if args.all_views else "plain", "nll_at_1": before["nll"], "nll_at_fit": after["nll"],
+              "views": "all" if args.all_views else "plain",
+              "view_index": view, "view_name": None if view is None else cache.meta.view_names[view],
+              "nll_at_1": before["nll"], "nll_at_fit": after["nll"],
               "ece_at_fit": after["ece"]}
     print(f"fitted logit scale {scale:.3f} (NLL {before['nll']:.3f} at scale 1 -> {after['nll']:.3f}; "
           f"ECE {100 * after['ece']:.2f} %) for {cache.meta.model_label}")

@@ -159,6 +159,21 @@ def _has_nan(obj: Any) -> bool:
     return False
 
 
+def _check_subset_rule(labels: Tensor, provenance: Mapping[str, Any], where: str) -> None:
+    """Refuse a file whose --limit subset was chosen by the old rule 1 where today's rule picks other rows (files
+    record `subset_rule` since issue 27; older ones are checked from their own rows)."""
+    from richkd.data.subset import LEGACY_SUBSET_RULE, SUBSET_RULE, legacy_file_rows_agree
+
+    limit = provenance.get("limit")
+    if not isinstance(limit, int) or "subset_rule" in provenance:
+        return
+    if not legacy_file_rows_agree(labels, len(provenance["classes"]), limit):
+        raise RichKDError(
+            f"{where} holds a --limit {limit} subset chosen by the old subset rule {LEGACY_SUBSET_RULE}, whose rows "
+            f"differ from today's rule {SUBSET_RULE}: rewrite it with the same `richkd predict` command"
+        )
+
+
 def read_predictions(path: str | Path) -> Predictions:
     """Read and check one predictions file; a missing, corrupted or foreign file raises a one-line RichKDError."""
     path = Path(path)
@@ -190,6 +205,7 @@ def read_predictions(path: str | Path) -> Predictions:
     _check_provenance(provenance, where)
     features = tensors.get("features")
     _check_tensors(tensors["logits"], tensors["labels"], tensors["rows"], features, provenance, where)
+    _check_subset_rule(tensors["labels"], provenance, where)
     return Predictions(
         logits=tensors["logits"],
         labels=tensors["labels"],

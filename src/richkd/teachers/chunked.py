@@ -27,7 +27,9 @@ ArraySpec = Mapping[str, tuple[str, tuple[int, ...]]]  # file name -> (dtype, sh
 
 def content_key(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The fields that define a cache's content (not when or by which version it was made), as read from JSON."""
-    d = {k: v for k, v in meta.items() if k not in ("created", "richkd_version")}
+    # subset_rule is provenance too: rows_sha256 pins the rows, so a build from before the rule was recorded
+    # resumes or is found complete exactly when it holds the same rows
+    d = {k: v for k, v in meta.items() if k not in ("created", "richkd_version", "subset_rule")}
     as_read: dict[str, Any] = json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
     return as_read
 

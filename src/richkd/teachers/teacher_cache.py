@@ -30,10 +30,15 @@ import torch
 from torch import Tensor
 
 from richkd.data.batch import Batch
+from richkd.data.subset import LEGACY_SUBSET_RULE, SUBSET_RULE
+from richkd.data.views import plain_view_id
 from richkd.errors import RichKDError
 from richkd.targets import TeacherTargets
 from richkd.teachers.chunked import META_FILE, PROGRESS_FILE
-from richkd.teachers.target_cache import map_cache_rows
+from richkd.teachers.residency import fits_in_memory, memory_available
+from richkd.teachers.target_cache import map_cache_rows, take_views
+
+__all__ = ["CachedTeacher", "TeacherCache", "TeacherCacheMeta", "array_shapes", "memory_available"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class TeacherCacheMeta:
     subset_limit: int | None = None  # a stratified subset (`--limit N`), pinned by rows_sha256
     split_rows: int | None = None
     rows_sha256: str | None = None
+    subset_rule: int = SUBSET_RULE  # richkd.data.subset rule the rows were chosen by (absent in meta.json: 1)
     storage: str = "float16"
     created: str = ""
     richkd_version: str = ""
@@ -73,6 +79,11 @@ class TeacherCacheMeta:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def plain_view(self) -> int:
+        """The view holding the un-augmented image (crop origin (pad, pad), no flip), as TargetCache's meta."""
+        return plain_view_id(self.pad)
 
     @property
     def nbytes(self) -> int:
@@ -95,6 +106,7 @@ class TeacherCacheMeta:
         if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
             raise RichKDError(f"teacher cache {path}: meta.json is not format {FORMAT_VERSION}; {_rebuild(path)}")
         fields = {f.name for f in dataclasses.fields(cls)}
+        raw.setdefault("subset_rule", LEGACY_SUBSET_RULE)  # written before issue 27
         if set(raw) != fields:
             raise RichKDError(f"teacher cache {path}: meta.json has other keys than expected; {_rebuild(path)}")
         for key in ("class_names", "mean", "std"):
@@ -105,21 +117,6 @@ class TeacherCacheMeta:
 def array_shapes(meta: TeacherCacheMeta) -> dict[str, tuple[int, int, int]]:
     n, v = meta.n_rows, meta.n_views
     return {"logits.npy": (n, v, meta.n_classes), "pooled.npy": (n, v, meta.feature_dim)}
-
-
-def memory_available(device: torch.device) -> int:
-    """Bytes a cache could occupy on `device` now: free GPU memory, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 class TeacherCache:
@@ -202,17 +199,21 @@ class TeacherCache:
 
     def fits(self, device: torch.device, fraction: float = 0.5) -> bool:
         """Whether loading the cache would leave room: at most `fraction` of the memory available now."""
-        return self.meta.nbytes <= fraction * memory_available(device)
+        return fits_in_memory(self.meta.nbytes, device, fraction)
 
     def to_device(self, device: torch.device | str) -> None:
-        """Load both arrays onto `device` as float16 tensors (half the memory of float32; cast per batch)."""
-        self._logits = torch.from_numpy(np.array(self._np["logits.npy"])).to(device)
-        self._pooled = torch.from_numpy(np.array(self._np["pooled.npy"])).to(device)
+        """Load both arrays onto `device` as float16 tensors (half the memory of float32; cast per batch). Read, not
+        copied out of the memory map, whose pages would count twice in the peak RSS."""
+        logits = torch.from_numpy(np.load(self.path / "logits.npy", allow_pickle=False))
+        pooled = torch.from_numpy(np.load(self.path / "pooled.npy", allow_pickle=False))
+        if logits.shape != self._np["logits.npy"].shape or pooled.shape != self._np["pooled.npy"].shape:
+            raise RichKDError(f"teacher cache {self.path} changed on disk since it was opened; {_rebuild(self.path)}")
+        self._logits, self._pooled = logits.to(device), pooled.to(device)
 
     def lookup(self, rows: Tensor, views: Tensor) -> tuple[Tensor, Tensor]:
         """(logits [B, C], pooled [B, D]) in float32 of cache rows `rows` at views `views` (int64 [B])."""
         if self._logits is not None and self._pooled is not None:
-            return self._logits[rows, views].float(), self._pooled[rows, views].float()
+            return take_views(self._logits, rows, views).float(), take_views(self._pooled, rows, views).float()
         r, v = rows.cpu().numpy(), views.cpu().numpy()
         logits = torch.from_numpy(np.asarray(self._np["logits.npy"][r, v])).to(rows.device).float()
         pooled = torch.from_numpy(np.asarray(self._np["pooled.npy"][r, v])).to(rows.device).float()
