@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import torch
 from torch import Tensor
 
 from richkd.data.subset import stratified_rows
+from richkd.engine.io import recover_dir, replace_dir, temp_dir_for
+from richkd.engine.lock import hold_beside
 from richkd.errors import RichKDError
 from richkd.targets import ClipTargets
 
@@ -208,24 +209,23 @@ def write_target_cache(
         "class_emb.npy": _as_numpy(class_emb, "float32"),
     }
     check_shapes(meta, {k: a.shape for k, a in arrays.items()})
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, arr in arrays.items():
-        np.save(tmp / name, arr)
-    (tmp / META_FILE).write_text(meta.to_json())
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    with hold_beside(path, "target cache"):
+        recover_dir(path)  # a replacement killed between its renames; stale tmp/old folders of dead writers
+        tmp = temp_dir_for(path)
+        try:
+            for name, arr in arrays.items():
+                np.save(tmp / name, arr)
+            (tmp / META_FILE).write_text(meta.to_json())
+            replace_dir(tmp, path)  # fsyncs the files and both folders; never a moment without a cache
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def read_meta(path: str | Path) -> CacheMeta:
     """Read `path/meta.json`; RichKDError if absent (incl. an unfinished build) or corrupt."""
     path = Path(path)
+    recover_dir(path)  # a write_target_cache killed between its two renames: the old cache comes back
     if not path.is_dir():
         raise RichKDError(f"target cache {path} does not exist: build it with `richkd vlm cache --out {path}`")
     meta_file = path / META_FILE
