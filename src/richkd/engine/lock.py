@@ -34,6 +34,13 @@ def _holder(path: Path) -> str:
         return "a process that is just starting"
 
 
+def _command_line() -> str:
+    """`richkd train ...` as typed (sys.argv[0] is richkd/__main__.py under `python -m richkd`)."""
+    first = Path(sys.argv[0]).name if sys.argv else ""
+    head = "richkd" if first in ("__main__.py", "richkd") else first
+    return " ".join([head, *sys.argv[1:]])[:300]
+
+
 @contextmanager
 def hold(folder: Path, what: str) -> Iterator[None]:
     """Hold `folder`'s lock (the folder is made if missing) for the `with` body; FolderBusy if another holds it.
@@ -81,7 +88,7 @@ def _locked(path: Path, label: str) -> Iterator[None]:
     try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)[:500]}
+                "command": _command_line()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield

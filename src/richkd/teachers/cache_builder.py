@@ -158,7 +158,7 @@ def build_target_cache(
     key = _meta_key(expected)
     with chunked.locked(out, "target cache"):
         rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="target cache", n_rows=expected.n_rows)
-        if rows_done == expected.n_rows:
+        if rows_done == expected.n_rows and (out / chunked.META_FILE).is_file():  # else: killed before it
             log.info("%s is already complete for this recipe", out)
             return out
         fresh = rows_done < 0

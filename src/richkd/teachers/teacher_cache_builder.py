@@ -101,7 +101,7 @@ def build_teacher_cache(
     key = chunked.content_key(dataclasses.asdict(meta))
     with chunked.locked(out, "teacher cache"):
         rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="teacher cache", n_rows=meta.n_rows)
-        if rows_done == meta.n_rows:
+        if rows_done == meta.n_rows and (out / chunked.META_FILE).is_file():  # else: killed before it
             log.info("%s is already complete for this teacher and data", out)
             return out
         chunked.check_space(out, meta.nbytes, what="teacher cache")
