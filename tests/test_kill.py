@@ -159,7 +159,7 @@ seen = [0]
 def hit():
     seen[0] += 1
     return seen[0] == nth
-if name == "metrics.jsonl":  # torn append: half the line reaches the file, then the kill
+if name.endswith("metrics.jsonl"):  # torn append: half the line reaches the file, then the kill
     import io
     real_open = io.open  # what Path.open calls
     class Torn:
@@ -175,12 +175,12 @@ if name == "metrics.jsonl":  # torn append: half the line reaches the file, then
             os.kill(os.getpid(), signal.SIGKILL)
     def torn_open(file, mode="r", *a, **k):
         fh = real_open(file, mode, *a, **k)
-        return Torn(fh) if Path(str(file)).name == name and "a" in mode and hit() else fh
+        return Torn(fh) if str(file).endswith(name) and "a" in mode and hit() else fh
     io.open = torn_open
 else:  # a kill just before the rename that would publish `name`: its temp file is complete and left behind
     real_replace = os.replace
     def replace(src, dst, *a, **k):
-        if Path(dst).name == name and hit():
+        if str(dst).endswith(name) and hit():
             os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst, *a, **k)
     os.replace = replace
@@ -192,9 +192,9 @@ RUN_FILES = {"config.yaml", "run.json", "model_best.pt", "model_last.pt", "check
              "summary.json"}
 
 
-def _kill_at(argv: list[str], name: str, nth: int, env: dict[str, str]) -> None:
-    """Run `richkd argv` in a child that SIGKILLs itself at the `nth` write of file `name`."""
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_WRITE, name, str(nth), *argv[3:]], env=env,
+def _kill_at(argv: list[str], out: Path, name: str, nth: int, env: dict[str, str]) -> None:
+    """Run `richkd argv` in a child that SIGKILLs itself at the `nth` write of `out/name`."""
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_WRITE, str(out / name), str(nth), *argv[3:]], env=env,
                           capture_output=True)
     assert proc.returncode == -signal.SIGKILL, f"no kill at {name} #{nth}: {proc.stderr.decode()[-2000:]}"
 
@@ -227,7 +227,7 @@ def test_training_killed_at_a_write_reruns_cleanly(name: str, nth: int, tiny_cif
     or lock behind. Old main: the torn line failed every --resume (JSONDecodeError), temp files stayed."""
     env = _env(tmp_path / "home")
     (straight, data_cache), killed = straight_run, tmp_path / "killed"
-    _kill_at(_train2(tiny_cifar10, killed, data_cache), name, nth, env)
+    _kill_at(_train2(tiny_cifar10, killed, data_cache), killed, name, nth, env)
     rerun = subprocess.run(_train2(tiny_cifar10, killed, data_cache), env=env, capture_output=True)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     assert {p.name for p in killed.iterdir()} == RUN_FILES
@@ -256,7 +256,7 @@ def test_cache_build_killed_at_a_write_reruns_cleanly(name: str, nth: int, tiny_
     meta.json left a complete-looking build that the rerun called done and never finished."""
     env = _env(tmp_path / "home")
     straight, killed = straight_cache, tmp_path / "killed"
-    _kill_at(_cache_argv(tiny_cifar10, killed), name, nth, env)
+    _kill_at(_cache_argv(tiny_cifar10, killed), killed, name, nth, env)
     rerun = subprocess.run(_cache_argv(tiny_cifar10, killed), env=env, capture_output=True)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     assert {p.name for p in killed.iterdir()} == {p.name for p in straight.iterdir()}
