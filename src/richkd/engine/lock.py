@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 from richkd.errors import RichKDError
 
 LOCK_NAME = ".richkd.lock"
+
+log = logging.getLogger(__name__)
 
 
 class FolderBusy(RichKDError):
@@ -79,6 +82,11 @@ def _locked(path: Path, label: str) -> Iterator[None]:
         except BlockingIOError:
             os.close(fd)
             raise FolderBusy(f"{label} is in use by {_holder(path)}; wait for it to end, or stop it") from None
+        except OSError as err:  # a file system without flock (some network mounts): run, unguarded, and say so
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops a second writer there", label, err.strerror)
+            yield
+            return
         try:  # a releasing holder may have unlinked the file between our open and flock: then lock the new one
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
