@@ -207,3 +207,30 @@ def test_a_killed_holder_never_blocks_the_next_writer(tmp_path: Path) -> None:
     with hold(folder, "run directory"):
         pass
     assert not (folder / LOCK_NAME).exists()
+
+
+def test_a_second_cache_builder_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
+    """Two `richkd vlm cache --out X` at once used to write the same memory maps together; now the second is
+    refused in one line while the first holds X, and a build after it (the lock gone) completes."""
+    import torch
+
+    from richkd.data.arrays import ArrayDataset
+    from richkd.teachers.cache_builder import build_target_cache
+    from richkd.teachers.random_vlm import RandomVLM
+
+    gen = torch.Generator().manual_seed(0)
+    data = ArrayDataset(images=torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=gen),
+                        labels=torch.tensor([0, 1, 0, 1, 0, 1]), classes=("cat", "dog"), name="toy", split="train",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source="memory")
+    out = tmp_path / "cache"
+
+    def build() -> None:
+        build_target_cache(RandomVLM(), data, out, templates=["a photo of a {}."], n_aug_views=1, batch_size=2,
+                           bf16=False, progress=False, checkpoint_seconds=0)
+
+    with hold(out, "target cache"):
+        with pytest.raises(FolderBusy, match=f"target cache {out} is in use by pid {os.getpid()}"):
+            build()
+        assert {p.name for p in out.iterdir()} == {LOCK_NAME}  # the refused build wrote nothing
+    build()
+    assert TargetCache.open(out).meta.n_rows == 6 and not (out / LOCK_NAME).exists()
