@@ -165,6 +165,30 @@ def test_resume_needs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert snapshot(empty) == {"config.yaml"}
 
 
+def test_an_existing_empty_folder_is_a_fine_place_for_outputs(
+    tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 20: an empty out_dir starts a run (and stays after a refusal); a file output (`--out`) naming an
+    empty folder is one line (old main: IsADirectoryError from the atomic rename), with nothing written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(["train", *COMMON, "data.root=/nonexistent/data", f"out_dir={empty}"], capsys)
+    assert code == 2 and snapshot(empty) == set(), err  # refused: the folder is as it was, no lock file left
+    code, _, err = run(["train", *COMMON, f"data.root={tiny_cifar10}", f"data.cache_dir={tmp_path / 'dc'}",
+                        f"out_dir={empty}"], capsys)
+    assert code == 0, err
+    assert {"summary.json", "metrics.jsonl", "checkpoint.pt"} <= snapshot(empty)
+    assert not any(name.startswith(".") for name in snapshot(empty))  # no lock or temp file
+    folder = tmp_path / "eval-out"
+    folder.mkdir()
+    code, _, err = run(["eval", "--checkpoint", str(empty / "model_last.pt"), "--dataset", "imagefolder",
+                        "--root", str(tiny_cifar10), "--limit", "20", "--threads", "1", "--out", str(folder)], capsys)
+    # eval prints one progress line before it evaluates; the error is the one line after it, no traceback
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("richkd: error:") and "is a folder, not a file name" in err, err
+    assert snapshot(folder) == set()
+
+
 def test_failure_before_first_checkpoint_leaves_no_run_dir(
     tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,10 @@ Commands: demo | train | eval | models | config | vlm | predict | analyze | robu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,14 +42,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _setup(cfg.train.threads, verbose=True)
     run_dir = Path(cfg.out_dir)
-    _check_run_dir(run_dir, resume=args.resume)
+    from richkd.engine.io import check_writable
+
+    check_writable(run_dir, "out_dir")
+    with _run_dir_lock(run_dir):  # before any check: two identical commands must not both pass them
+        return _train_locked(args, cfg, layers, run_dir)
+
+
+def _run_dir_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The run directory's writer lock; under DDP only rank 0 (the only rank that writes it) takes it."""
+    from richkd.engine.lock import hold
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return hold(run_dir, "run directory")
+
+
+def _train_locked(args: argparse.Namespace, cfg: RunConfig, layers: list[str], run_dir: Path) -> int:
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    try:
+        _check_run_dir(run_dir, resume=args.resume)
+    except RichKDError:
+        _remove_unstarted_run(run_dir, before)
+        raise
     resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
     if args.resume and (run_dir / "config.yaml").exists():
         _check_same_config(cfg, run_dir)
     from richkd.engine.device import check_device
 
     check_device(cfg.train.device, "train.device")
-    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     try:
         return _train(cfg, run_dir, resume=args.resume, layers=layers)
     except (RichKDError, KeyboardInterrupt):
@@ -60,16 +83,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_run_dir(run_dir: Path, *, resume: bool) -> None:
-    """Fail before any work: output not writable, a run already there, or nothing to resume."""
-    from richkd.engine.io import check_writable
+    """Fail before any work: output not writable, a run already there, or nothing to resume.
+
+    Leftovers of a killed writer (temp files with a dead PID in their name) are removed first: they never block.
+    """
+    from richkd.engine.io import check_writable, remove_stale
 
     check_writable(run_dir, "out_dir")
+    remove_stale(run_dir)
     has_ckpt = (run_dir / "checkpoint.pt").exists()
     if has_ckpt and not resume:
         raise RichKDError(f"{run_dir} already holds a run: pass --resume to continue it, or set out_dir=...")
     if resume and not has_ckpt:
-        what = "does not exist" if not run_dir.exists() else "holds no checkpoint.pt (no epoch finished yet)"
+        what = "does not exist" if not _has_files(run_dir) else "holds no checkpoint.pt (no epoch finished yet)"
         raise RichKDError(f"--resume: {run_dir} {what}: check out_dir, or drop --resume to start the run")
+
+
+def _has_files(run_dir: Path) -> bool:
+    from richkd.engine.lock import LOCK_NAME
+
+    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
 
 
 def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -104,8 +137,10 @@ def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
 
     if not dist.is_main() or (run_dir / "checkpoint.pt").exists():
         return
+    from richkd.engine.lock import LOCK_NAME
+
     for path in set(run_dir.iterdir()) - (before or set()) if run_dir.is_dir() else ():
-        if path.is_file():
+        if path.is_file() and path.name != LOCK_NAME:  # the lock goes when it is released (then the folder)
             path.unlink(missing_ok=True)
     if before is None and run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()

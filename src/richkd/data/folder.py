@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from richkd.data.arrays import ArrayDataset
 from richkd.data.decode import SPLIT_DIRS, decode_tree, default_workers, dir_fingerprint
 from richkd.data.stats import compute_mean_std
+from richkd.engine.io import save_npy_atomic, write_atomic
 from richkd.errors import RichKDError
 
 log = logging.getLogger(__name__)
@@ -150,18 +149,12 @@ def _load_split(entry: Path, split: str, meta: dict[str, Any]) -> tuple[torch.Te
 
 
 def _write_atomic(path: Path, data: bytes | np.ndarray) -> None:
-    """Temp file in the same folder + os.replace: readers never see a half-written file, even when several
-    processes (e.g. DDP ranks) build the same cache at once."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, np.ndarray):
-                np.save(f, data)
-            else:
-                f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """richkd.engine.io.write_atomic (temp file + fsync + rename): readers never see a half-written file, even
+    when several processes (e.g. DDP ranks) build the same cache at once."""
+    if isinstance(data, np.ndarray):
+        save_npy_atomic(path, data)
+    else:
+        write_atomic(path, lambda fh: fh.write(data))
 
 
 def _triple(values: list[float]) -> tuple[float, float, float]:

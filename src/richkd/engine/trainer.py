@@ -25,7 +25,7 @@ from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
 from richkd.engine.checkpoint import load_training_state, save_model, save_training_state, unwrap
 from richkd.engine.evaluate import evaluate_model
-from richkd.engine.io import write_json_atomic, write_text_atomic
+from richkd.engine.io import append_line, write_json_atomic, write_text_atomic
 from richkd.engine.optim import lr_at, set_lr
 from richkd.errors import RichKDError
 from richkd.teachers.frozen import TargetSource
@@ -225,26 +225,52 @@ def _train_epoch(
     return record
 
 
+def _metrics_records(path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl. A torn LAST line (the run was killed mid-append) is cut off the file and
+    logged; an unreadable line before it is damage we cannot explain, so a one-line error names it."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    records: list[dict[str, Any]] = []
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+    for i, raw in enumerate(lines[: last + 1]):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise ValueError("not an epoch record")
+        except ValueError:
+            if i == last:
+                log.warning("%s: dropped a torn last line (%d bytes; the run was killed while writing it)", path,
+                            len(raw))
+                break
+            raise RichKDError(
+                f"{path} line {i + 1} is corrupt (not an epoch record): fix or delete that line, then --resume"
+            ) from None
+        records.append(record)
+    return records
+
+
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop records written after the checkpoint we resume from (the run died between the two writes)."""
+    """Keep the complete records up to the checkpoint we resume from (later ones: the run died between the two
+    writes; a torn last line: killed mid-append), rewriting the file atomically when anything goes."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch
-    ]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [r for r in _metrics_records(path) if r["epoch"] <= last_epoch]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if path.read_bytes() != text.encode():
+        write_text_atomic(path, text)
 
 
 def _last_epoch_logged(path: Path) -> int:
-    if not path.exists():
-        return 0
-    lines = [line for line in path.read_text().splitlines() if line]
-    return int(json.loads(lines[-1])["epoch"]) if lines else 0
+    records = _metrics_records(path)
+    return int(records[-1]["epoch"]) if records else 0
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """One write + flush + fsync per epoch: a kill tears at most this line, which the next --resume drops."""
+    append_line(path, json.dumps(record))
 
 
 def _feed_info(parts: FitParts) -> dict[str, Any]:
@@ -283,6 +309,8 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
             if last_record is not None and _last_epoch_logged(metrics_path) < start_epoch:
                 _append_jsonl(metrics_path, last_record)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    elif dist.is_main():
+        metrics_path.unlink(missing_ok=True)  # a fresh run's history starts empty: never appended to another's
     step_module = dist.wrap_ddp(step_module, device, find_unused_parameters=parts.find_unused_parameters)
     end_epoch = parts.schedule.epochs
     if parts.stop_after is not None:

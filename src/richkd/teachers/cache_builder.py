@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from richkd.engine.io import save_npy_atomic
 from richkd.errors import RichKDError
 from richkd.teachers import chunked
 from richkd.teachers.prompts import check_templates, templates_sha256
@@ -155,41 +156,42 @@ def build_target_cache(
         rows_sha256=rows_sha256(subset.rows) if subset else None,
     )
     key = _meta_key(expected)
-    rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="target cache", n_rows=expected.n_rows)
-    if rows_done == expected.n_rows:
-        log.info("%s is already complete for this recipe", out)
+    with chunked.locked(out, "target cache"):
+        rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="target cache", n_rows=expected.n_rows)
+        if rows_done == expected.n_rows and (out / chunked.META_FILE).is_file():  # else: killed before it
+            log.info("%s is already complete for this recipe", out)
+            return out
+        fresh = rows_done < 0
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = chunked.open_memmaps(out, _array_spec(expected), fresh=fresh)
+        if fresh:
+            if exact_views:
+                arrays["aug_params.npy"][:] = _exact_params(pad)[None]
+            else:
+                _write_aug_params(arrays["aug_params.npy"], n_aug=n_aug_views, include_flip=include_flip, pad=pad,
+                                  seed=seed)
+            arrays["aug_params.npy"].flush()
+            rows_done = 0
+            chunked.start(out, key)
+        save_npy_atomic(out / "class_emb.npy", class_emb.float().cpu().numpy())
+        n = expected.n_rows
+        log.info("building %s: %d rows x %d views with %s", out, n, len(names), vlm.label)
+        last_checkpoint = time.monotonic()
+        step = -(-batch_size // len(names)) if exact_views else batch_size  # exact: batch_size counts images
+        with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
+                                          desc="target cache") as bar:
+            for start in range(rows_done, n, step):
+                end = min(start + step, n)
+                params = torch.from_numpy(np.array(arrays["aug_params.npy"][start:end])).long()  # [b, V, 3]
+                images = dataset.images[start:end].to(device, non_blocking=True)
+                cos, emb = _encode_batch(vlm, images, params, pad, class_emb, bf16)
+                arrays["cosines.npy"][start:end] = cos.numpy()
+                arrays["image_emb.npy"][start:end] = emb.numpy().astype(np.float16)
+                bar.update(end - start)
+                if time.monotonic() - last_checkpoint >= checkpoint_seconds or end == n:
+                    chunked.checkpoint(out, arrays, key, end)
+                    last_checkpoint = time.monotonic()
+        del arrays
+        meta = dataclasses.replace(expected, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        chunked.finish(out, meta.to_json())
         return out
-    fresh = rows_done < 0
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = chunked.open_memmaps(out, _array_spec(expected), fresh=fresh)
-    if fresh:
-        if exact_views:
-            arrays["aug_params.npy"][:] = _exact_params(pad)[None]
-        else:
-            _write_aug_params(arrays["aug_params.npy"], n_aug=n_aug_views, include_flip=include_flip, pad=pad,
-                              seed=seed)
-        arrays["aug_params.npy"].flush()
-        rows_done = 0
-        chunked.start(out, key)
-    np.save(out / "class_emb.npy", class_emb.float().cpu().numpy())
-    n = expected.n_rows
-    log.info("building %s: %d rows x %d views with %s", out, n, len(names), vlm.label)
-    last_checkpoint = time.monotonic()
-    step = -(-batch_size // len(names)) if exact_views else batch_size  # exact: batch_size counts images
-    with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
-                                      desc="target cache") as bar:
-        for start in range(rows_done, n, step):
-            end = min(start + step, n)
-            params = torch.from_numpy(np.array(arrays["aug_params.npy"][start:end])).long()  # [b, V, 3]
-            images = dataset.images[start:end].to(device, non_blocking=True)
-            cos, emb = _encode_batch(vlm, images, params, pad, class_emb, bf16)
-            arrays["cosines.npy"][start:end] = cos.numpy()
-            arrays["image_emb.npy"][start:end] = emb.numpy().astype(np.float16)
-            bar.update(end - start)
-            if time.monotonic() - last_checkpoint >= checkpoint_seconds or end == n:
-                chunked.checkpoint(out, arrays, key, end)
-                last_checkpoint = time.monotonic()
-    del arrays
-    meta = dataclasses.replace(expected, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    chunked.finish(out, meta.to_json())
-    return out

@@ -10,19 +10,37 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from richkd.engine.io import write_json_atomic
+from richkd.engine.io import is_temp_name, remove_stale, write_json_atomic, write_text_atomic
+from richkd.engine.lock import LOCK_NAME, hold
 from richkd.errors import RichKDError
 
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
 
 ArraySpec = Mapping[str, tuple[str, tuple[int, ...]]]  # file name -> (dtype, shape)
+
+
+@contextmanager
+def locked(out: Path, what: str) -> Iterator[None]:
+    """Hold `out` (made if missing) for one builder; a second builder fails in one line naming the holder.
+
+    Temp files of a killed writer are removed first: under the lock nobody else can be writing them.
+    """
+    with hold(out, what):
+        remove_stale(out)
+        yield
+
+
+def is_bookkeeping(name: str) -> bool:
+    """The lock file and atomic-write temp files: never content, never a reason to refuse a folder."""
+    return name == LOCK_NAME or is_temp_name(name)
 
 
 def content_key(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,7 +71,7 @@ def rows_done_in(out: Path, key: dict[str, Any], array_names: tuple[str, ...], *
             )
         if all((out / name).is_file() for name in array_names):
             return int(state["rows_done"])
-    elif out.exists() and any(p.name not in array_names for p in out.iterdir()):
+    elif out.exists() and any(p.name not in array_names and not is_bookkeeping(p.name) for p in out.iterdir()):
         # only our own arrays (a build stopped before its first checkpoint) may be overwritten
         raise RichKDError(f"{out} exists and is not a {what}: choose another --out")
     return -1
@@ -83,8 +101,7 @@ def checkpoint(out: Path, arrays: Mapping[str, np.memmap[Any, Any]], key: dict[s
 
 def finish(out: Path, meta_json: str) -> None:
     """Write meta.json (the build is now servable) and drop the progress record."""
-    (out / f"{META_FILE}.tmp").write_text(meta_json)
-    (out / f"{META_FILE}.tmp").replace(out / META_FILE)
+    write_text_atomic(out / META_FILE, meta_json)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
 
 

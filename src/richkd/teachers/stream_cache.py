@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from richkd.data.stream import FolderSource, ShardSource
 from richkd.data.stream.transforms import decode_rgb
-from richkd.engine.io import write_json_atomic
+from richkd.engine.io import save_npy_atomic, write_json_atomic, write_text_atomic
 from richkd.engine.proc import die_with_parent
 from richkd.errors import RichKDError
 from richkd.teachers import chunked
@@ -245,59 +245,60 @@ def build_stream_cache(
     key = recipe.key()
     progress_key = {"key": key, "lo": lo, "hi": hi}
     names = tuple(ARRAY_FILES)
-    rows_done = _rows_done(target, key, lo, hi, names)
-    if rows_done is None:  # complete (a single build killed after build.json still needs its meta.json)
-        log.info("%s is already complete for this recipe", target)
-        if part is None and not (out / chunked.META_FILE).is_file():
-            chunked.finish(out, _final_meta(recipe).to_json())
-        return _maybe_merge(out, count, auto_merge) if part is not None else out
-    m = recipe.meta
-    chunked.check_space(target, cache_bytes(hi - lo, m.n_views, m.n_classes, m.embed_dim), what="target cache")
-    fresh = rows_done < 0
-    target.mkdir(parents=True, exist_ok=True)
-    arrays = chunked.open_memmaps(target, recipe.array_spec(hi - lo), fresh=fresh)
-    if fresh:
-        arrays["aug_params.npy"][:] = np.array([(0, 0, v) for v in range(m.n_views)], dtype=np.int16)[None]
-        rows_done = 0
-        chunked.start(target, progress_key)
-    np.save(target / "class_emb.npy", class_emb.float().cpu().numpy())
-    params = torch.tensor([(0, 0, v) for v in range(m.n_views)], dtype=torch.long)  # [V, 3]: plain, flip
-    data = RangeChunks(source, lo + rows_done, hi, batch_size, vlm.image_spec.size, vlm.image_spec.interpolation)
-    loader: DataLoader[tuple[int, Tensor]] = DataLoader(
-        data, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
-        worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers else None,
-    )
-    log.info("building %s: rows %d..%d of %d, %d views, %s, %d decode workers", target, lo, hi, n, m.n_views,
-             vlm.label, workers)
-    class_emb = class_emb.to(device)
-    expected, last = lo + rows_done, time.monotonic()
-    with torch.inference_mode():
-        for start, images in loader:
-            if start != expected:
-                raise RichKDError(f"internal error: chunk at row {start} arrived, expected {expected}")
-            b = images.shape[0]
-            cos, emb = _encode_batch(vlm, images.to(device), params.expand(b, -1, -1), 0, class_emb, bf16)
-            arrays["cosines.npy"][start - lo : start - lo + b] = cos.numpy()
-            arrays["image_emb.npy"][start - lo : start - lo + b] = emb.numpy().astype(np.float16)
-            expected = start + b
-            if time.monotonic() - last >= checkpoint_seconds or expected == hi:
-                chunked.checkpoint(target, arrays, progress_key, expected - lo)
-                last = time.monotonic()
-    if expected != hi:
-        raise RichKDError(f"the source ended at row {expected}, before row {hi}: was it changed during the build?")
-    del arrays
-    _write_names(target, recipe)
-    write_json_atomic(target / BUILD_FILE, {"key": key, "lo": lo, "hi": hi, "part": index, "parts": count})
-    if part is None:
-        chunked.finish(target, _final_meta(recipe).to_json())
-        return out
-    (target / chunked.PROGRESS_FILE).unlink(missing_ok=True)
-    return _maybe_merge(out, count, auto_merge)
+    with chunked.locked(target, "target cache"):
+        rows_done = _rows_done(target, key, lo, hi, names)
+        if rows_done is None:  # complete (a single build killed after build.json still needs its meta.json)
+            log.info("%s is already complete for this recipe", target)
+            if part is None and not (out / chunked.META_FILE).is_file():
+                chunked.finish(out, _final_meta(recipe).to_json())
+            return _maybe_merge(out, count, auto_merge) if part is not None else out
+        m = recipe.meta
+        chunked.check_space(target, cache_bytes(hi - lo, m.n_views, m.n_classes, m.embed_dim), what="target cache")
+        fresh = rows_done < 0
+        target.mkdir(parents=True, exist_ok=True)
+        arrays = chunked.open_memmaps(target, recipe.array_spec(hi - lo), fresh=fresh)
+        if fresh:
+            arrays["aug_params.npy"][:] = np.array([(0, 0, v) for v in range(m.n_views)], dtype=np.int16)[None]
+            rows_done = 0
+            chunked.start(target, progress_key)
+        save_npy_atomic(target / "class_emb.npy", class_emb.float().cpu().numpy())
+        params = torch.tensor([(0, 0, v) for v in range(m.n_views)], dtype=torch.long)  # [V, 3]: plain, flip
+        data = RangeChunks(source, lo + rows_done, hi, batch_size, vlm.image_spec.size, vlm.image_spec.interpolation)
+        loader: DataLoader[tuple[int, Tensor]] = DataLoader(
+            data, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
+            worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers else None,
+        )
+        log.info("building %s: rows %d..%d of %d, %d views, %s, %d decode workers", target, lo, hi, n, m.n_views,
+                 vlm.label, workers)
+        class_emb = class_emb.to(device)
+        expected, last = lo + rows_done, time.monotonic()
+        with torch.inference_mode():
+            for start, images in loader:
+                if start != expected:
+                    raise RichKDError(f"internal error: chunk at row {start} arrived, expected {expected}")
+                b = images.shape[0]
+                cos, emb = _encode_batch(vlm, images.to(device), params.expand(b, -1, -1), 0, class_emb, bf16)
+                arrays["cosines.npy"][start - lo : start - lo + b] = cos.numpy()
+                arrays["image_emb.npy"][start - lo : start - lo + b] = emb.numpy().astype(np.float16)
+                expected = start + b
+                if time.monotonic() - last >= checkpoint_seconds or expected == hi:
+                    chunked.checkpoint(target, arrays, progress_key, expected - lo)
+                    last = time.monotonic()
+        if expected != hi:
+            raise RichKDError(f"the source ended at row {expected}, before row {hi}: was it changed during the build?")
+        del arrays
+        _write_names(target, recipe)
+        write_json_atomic(target / BUILD_FILE, {"key": key, "lo": lo, "hi": hi, "part": index, "parts": count})
+        if part is None:
+            chunked.finish(target, _final_meta(recipe).to_json())
+            return out
+        (target / chunked.PROGRESS_FILE).unlink(missing_ok=True)
+        return _maybe_merge(out, count, auto_merge)
 
 
 def _write_names(target: Path, recipe: StreamCacheRecipe) -> None:
     lines = "".join(f"{w}\t{name}\n" for w, name in zip(recipe.meta.class_names, recipe.prompt_names, strict=True))
-    (target / PROMPT_CLASSES_FILE).write_text(lines, encoding="utf-8")
+    write_text_atomic(target / PROMPT_CLASSES_FILE, lines)
 
 
 def _final_meta(recipe: StreamCacheRecipe) -> CacheMeta:
@@ -309,17 +310,12 @@ def _maybe_merge(out: Path, count: int, auto_merge: bool) -> Path:
     parts = [part_dir(out, i, count) for i in range(count)]
     if not auto_merge or not all((p / BUILD_FILE).is_file() for p in parts):
         return out / PARTS_DIR
-    lock = out / "merge.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        log.warning("%s exists: another process is merging; if none is, delete it or run `richkd vlm cache-merge "
-                    "%s/%s/part-* --out %s`", lock, out, PARTS_DIR, out)
-        return out / PARTS_DIR
-    os.close(fd)
-    try:
-        from richkd.teachers.stream_merge import merge_parts
+    from richkd.engine.lock import FolderBusy
+    from richkd.teachers.stream_merge import merge_parts
 
+    try:
         return merge_parts(parts, out)
-    finally:
-        lock.unlink(missing_ok=True)
+    except FolderBusy as busy:
+        log.warning("%s; it merges the parts, or run `richkd vlm cache-merge %s/%s/part-* --out %s` after it",
+                    busy, out, PARTS_DIR, out)
+        return out / PARTS_DIR

@@ -8,17 +8,18 @@ an ordinary target cache (meta.json last, so a killed merge is never served; rer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from richkd.engine.io import write_json_atomic
+from richkd.engine.io import write_atomic, write_json_atomic
 from richkd.errors import RichKDError
 from richkd.teachers import chunked
 from richkd.teachers.stream_cache import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
@@ -75,46 +76,55 @@ def check_parts(parts: Sequence[Path]) -> tuple[dict[str, Any], list[tuple[Path,
     return key, records
 
 
+def _copy_into(src: Path, fh: IO[bytes]) -> None:
+    with src.open("rb") as f:
+        shutil.copyfileobj(f, fh)
+
+
 def merge_parts(parts: Sequence[Path], out: str | Path, *, delete_parts: bool = False) -> Path:
     """Check `parts` (see `check_parts`) and write them as one target cache in `out`; return `out`."""
     out = Path(out)
     key, records = check_parts(parts)
-    done = out / BUILD_FILE
-    if (out / chunked.META_FILE).is_file():
-        if not done.is_file() or json.loads(done.read_text())["key"] != key:
-            raise RichKDError(f"{out} already holds a target cache built differently: delete it or pick another --out")
-        log.info("%s is already merged", out)
-        return out
-    ours = {*ARRAY_FILES, BUILD_FILE, PROMPT_CLASSES_FILE, PARTS_DIR, "merge.lock", f"{chunked.META_FILE}.tmp"}
-    strange = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
-    if strange:
-        raise RichKDError(f"{out} holds {strange[0]}, so it is no (partly) merged cache: choose another --out")
-    meta_fields = {k: v for k, v in key.items() if k not in ("source_sha256", "prompt_names_sha256")}
-    meta = CacheMeta.from_json(json.dumps({**meta_fields, "created": "", "richkd_version": ""}))
-    n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
-    out.mkdir(parents=True, exist_ok=True)
-    chunked.check_space(out, cache_bytes(n, v, c, e), what="merged target cache")
-    shapes = {"cosines.npy": (n, v, c), "image_emb.npy": (n, v, e), "aug_params.npy": (n, v, 3)}
-    arrays = chunked.open_memmaps(out, {k: (ARRAY_FILES[k][0], s) for k, s in shapes.items()}, fresh=True)
-    for path, rec in records:
-        for name, dest in arrays.items():
-            src = np.load(path / name, mmap_mode="r")
-            if src.shape != (rec["hi"] - rec["lo"], *dest.shape[1:]):
-                raise RichKDError(f"cache part {path}: {name} has shape {src.shape}, not its row range: rebuild it")
-            for s in range(0, len(src), ROW_BLOCK):
-                dest[rec["lo"] + s : rec["lo"] + min(s + ROW_BLOCK, len(src))] = src[s : s + ROW_BLOCK]
-    for arr in arrays.values():
-        arr.flush()
-    del arrays
-    shutil.copyfile(records[0][0] / "class_emb.npy", out / "class_emb.npy")
-    shutil.copyfile(records[0][0] / PROMPT_CLASSES_FILE, out / PROMPT_CLASSES_FILE)
-    write_json_atomic(out / BUILD_FILE, {"key": key, "lo": 0, "hi": n, "part": None, "parts": len(records)})
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    import richkd
+    with chunked.locked(out, "target cache"):  # one merger; a second (another last part) backs off
+        done = out / BUILD_FILE
+        if (out / chunked.META_FILE).is_file():
+            if not done.is_file() or json.loads(done.read_text())["key"] != key:
+                raise RichKDError(
+                    f"{out} already holds a target cache built differently: delete it or pick another --out"
+                )
+            log.info("%s is already merged", out)
+            return out
+        ours = {*ARRAY_FILES, BUILD_FILE, PROMPT_CLASSES_FILE, PARTS_DIR}
+        strange = sorted(p.name for p in out.iterdir() if not (p.name in ours or chunked.is_bookkeeping(p.name)))
+        if strange:
+            raise RichKDError(f"{out} holds {strange[0]}, so it is no (partly) merged cache: choose another --out")
+        meta_fields = {k: v for k, v in key.items() if k not in ("source_sha256", "prompt_names_sha256")}
+        meta = CacheMeta.from_json(json.dumps({**meta_fields, "created": "", "richkd_version": ""}))
+        n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
+        chunked.check_space(out, cache_bytes(n, v, c, e), what="merged target cache")
+        shapes = {"cosines.npy": (n, v, c), "image_emb.npy": (n, v, e), "aug_params.npy": (n, v, 3)}
+        arrays = chunked.open_memmaps(out, {k: (ARRAY_FILES[k][0], s) for k, s in shapes.items()}, fresh=True)
+        for path, rec in records:
+            for name, dest in arrays.items():
+                src = np.load(path / name, mmap_mode="r")
+                if src.shape != (rec["hi"] - rec["lo"], *dest.shape[1:]):
+                    raise RichKDError(
+                        f"cache part {path}: {name} has shape {src.shape}, not its row range: rebuild it"
+                    )
+                for s in range(0, len(src), ROW_BLOCK):
+                    dest[rec["lo"] + s : rec["lo"] + min(s + ROW_BLOCK, len(src))] = src[s : s + ROW_BLOCK]
+        for arr in arrays.values():
+            arr.flush()
+        del arrays
+        for name in ("class_emb.npy", PROMPT_CLASSES_FILE):
+            write_atomic(out / name, functools.partial(_copy_into, records[0][0] / name))
+        write_json_atomic(out / BUILD_FILE, {"key": key, "lo": 0, "hi": n, "part": None, "parts": len(records)})
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        import richkd
 
-    chunked.finish(out, dataclasses.replace(meta, created=created, richkd_version=richkd.__version__).to_json())
-    if delete_parts:
-        for path, _ in records:
-            shutil.rmtree(path)
-    log.info("merged %d parts into %s", len(records), out)
-    return out
+        chunked.finish(out, dataclasses.replace(meta, created=created, richkd_version=richkd.__version__).to_json())
+        if delete_parts:
+            for path, _ in records:
+                shutil.rmtree(path)
+        log.info("merged %d parts into %s", len(records), out)
+        return out

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from torch import Tensor
 from richkd.data.subset import LEGACY_SUBSET_RULE, SUBSET_RULE, old_rule_note, stratified_rows
 from richkd.data.subset import rows_sha256 as rows_sha256  # re-exported: the cache builders import it from here
 from richkd.data.views import exact_view_names, plain_view_id
+from richkd.engine.io import recover_dir, replace_dir, temp_dir_for
+from richkd.engine.lock import hold_beside
 from richkd.errors import RichKDError
 from richkd.targets import ClipTargets
 
@@ -242,24 +243,23 @@ def write_target_cache(
         "class_emb.npy": _as_numpy(class_emb, "float32"),
     }
     check_shapes(meta, {k: a.shape for k, a in arrays.items()})
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, arr in arrays.items():
-        np.save(tmp / name, arr)
-    (tmp / META_FILE).write_text(meta.to_json())
-    old = path.with_name(f"{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+    with hold_beside(path, "target cache"):
+        recover_dir(path)  # a replacement killed between its renames; stale tmp/old folders of dead writers
+        tmp = temp_dir_for(path)
+        try:
+            for name, arr in arrays.items():
+                np.save(tmp / name, arr)
+            (tmp / META_FILE).write_text(meta.to_json())
+            replace_dir(tmp, path)  # fsyncs the files and both folders; never a moment without a cache
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def read_meta(path: str | Path) -> CacheMeta:
     """Read `path/meta.json`; RichKDError if absent (incl. an unfinished build) or corrupt."""
     path = Path(path)
+    recover_dir(path)  # a write_target_cache killed between its two renames: the old cache comes back
     if not path.is_dir():
         raise RichKDError(f"target cache {path} does not exist: build it with `richkd vlm cache --out {path}`")
     meta_file = path / META_FILE

@@ -99,48 +99,49 @@ def build_teacher_cache(
     if model.training:
         raise RichKDError("the teacher must be in eval mode (frozen BatchNorm statistics)")
     key = chunked.content_key(dataclasses.asdict(meta))
-    rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="teacher cache", n_rows=meta.n_rows)
-    if rows_done == meta.n_rows:
-        log.info("%s is already complete for this teacher and data", out)
+    with chunked.locked(out, "teacher cache"):
+        rows_done = chunked.rows_done_in(out, key, tuple(ARRAY_FILES), what="teacher cache", n_rows=meta.n_rows)
+        if rows_done == meta.n_rows and (out / chunked.META_FILE).is_file():  # else: killed before it
+            log.info("%s is already complete for this teacher and data", out)
+            return out
+        chunked.check_space(out, meta.nbytes, what="teacher cache")
+        host = memory_available(torch.device("cpu"))
+        if meta.nbytes > 0.5 * host:
+            log.warning("the teacher cache (%.2f GiB) is over half the free memory (%.2f GiB): training will read it "
+                        "from disk through the page cache", meta.nbytes / 2**30, host / 2**30)
+        fresh = rows_done < 0
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        out.mkdir(parents=True, exist_ok=True)
+        spec = {name: (ARRAY_FILES[name], shape) for name, shape in array_shapes(meta).items()}
+        arrays = chunked.open_memmaps(out, spec, fresh=fresh)
+        if fresh:
+            rows_done = 0
+            chunked.start(out, key)
+        n, bf16 = meta.n_rows, meta.compute == "bfloat16"
+        rows_per_chunk = max(1, batch_size // meta.n_views) * 4  # a few forwards per chunk: fewer small writes
+        log.info("building %s: %d rows x %d views (%.2f GiB) with %s", out, n, meta.n_views, meta.nbytes / 2**30,
+                 meta.arch)
+        last = time.monotonic()
+        with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
+                                          desc="teacher cache") as bar:
+            for start in range(rows_done, n, rows_per_chunk):
+                end = min(start + rows_per_chunk, n)
+                images = dataset.images[start:end].to(device)
+                logits, pooled = teacher_views(model, images, meta, batch_size=batch_size, bf16=bf16,
+                                               channels_last=channels_last)
+                logits16, pooled16 = logits.half().cpu(), pooled.half().cpu()
+                if not (torch.isfinite(logits16).all() and torch.isfinite(pooled16).all()):
+                    raise RichKDError(
+                        f"teacher outputs of rows {start}..{end - 1} overflow float16: is the checkpoint sane?"
+                    )
+                arrays["logits.npy"][start:end] = logits16.numpy()
+                arrays["pooled.npy"][start:end] = pooled16.numpy()
+                bar.update(end - start)
+                if time.monotonic() - last >= checkpoint_seconds or end == n:
+                    chunked.checkpoint(out, arrays, key, end)
+                    last = time.monotonic()
+        del arrays
+        done = dataclasses.replace(meta, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        chunked.finish(out, done.to_json())
         return out
-    chunked.check_space(out, meta.nbytes, what="teacher cache")
-    host = memory_available(torch.device("cpu"))
-    if meta.nbytes > 0.5 * host:
-        log.warning("the teacher cache (%.2f GiB) is over half the free memory (%.2f GiB): training will read it "
-                    "from disk through the page cache", meta.nbytes / 2**30, host / 2**30)
-    fresh = rows_done < 0
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {name: (ARRAY_FILES[name], shape) for name, shape in array_shapes(meta).items()}
-    arrays = chunked.open_memmaps(out, spec, fresh=fresh)
-    if fresh:
-        rows_done = 0
-        chunked.start(out, key)
-    n, bf16 = meta.n_rows, meta.compute == "bfloat16"
-    rows_per_chunk = max(1, batch_size // meta.n_views) * 4  # a few forwards per chunk: fewer small writes
-    log.info("building %s: %d rows x %d views (%.2f GiB) with %s", out, n, meta.n_views, meta.nbytes / 2**30,
-             meta.arch)
-    last = time.monotonic()
-    with torch.inference_mode(), tqdm(total=n, initial=rows_done, unit="img", disable=not progress,
-                                      desc="teacher cache") as bar:
-        for start in range(rows_done, n, rows_per_chunk):
-            end = min(start + rows_per_chunk, n)
-            images = dataset.images[start:end].to(device)
-            logits, pooled = teacher_views(model, images, meta, batch_size=batch_size, bf16=bf16,
-                                           channels_last=channels_last)
-            logits16, pooled16 = logits.half().cpu(), pooled.half().cpu()
-            if not (torch.isfinite(logits16).all() and torch.isfinite(pooled16).all()):
-                raise RichKDError(
-                    f"teacher outputs of rows {start}..{end - 1} overflow float16: is the checkpoint sane?"
-                )
-            arrays["logits.npy"][start:end] = logits16.numpy()
-            arrays["pooled.npy"][start:end] = pooled16.numpy()
-            bar.update(end - start)
-            if time.monotonic() - last >= checkpoint_seconds or end == n:
-                chunked.checkpoint(out, arrays, key, end)
-                last = time.monotonic()
-    del arrays
-    done = dataclasses.replace(meta, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    chunked.finish(out, done.to_json())
-    return out
