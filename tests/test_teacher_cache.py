@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from numerics import float16_spacing
 from richkd.build import build_fit
 from richkd.cli import main
 from richkd.config import load_config
@@ -214,14 +215,6 @@ def teacher_truth(checkpoint: Path, x: torch.Tensor) -> Truth:
     err = max(max(float((lg.double() - exact.logits).abs().max()), float((pl.double() - exact.pooled).abs().max()))
               for lg, pl in runs)
     return Truth(exact.logits, exact.pooled, 2.0 * err)
-
-
-def float16_spacing(x: torch.Tensor) -> torch.Tensor:
-    """The gap between adjacent float16 numbers at |x|: 2^(e - 11) for |x| in [2^(e-1), 2^e), 2^-24 (the
-    subnormal step) below 2^-14."""
-    _, exponent = torch.frexp(x.abs().double())
-    gap = torch.ldexp(torch.ones_like(x, dtype=torch.float64), exponent - 11)
-    return torch.where(x == 0, 2.0**-24, gap.clamp_min(2.0**-24))
 
 
 def assert_float16_of(cached: torch.Tensor, exact: torch.Tensor, fp32_error: float) -> None:
