@@ -116,9 +116,10 @@ def test_cached_and_online_runs_match_step_by_step(work: dict[str, Path], method
 
     The two halves are checked apart because their composition is machine luck: an fp32 teacher output within
     fp32 round-off of a float16 rounding boundary rounds either way depending on the kernel oneDNN picks (the
-    online teacher runs batches of 8, the builder batches of 648), and a 1-ulp float16 flip of a target moved
-    the student by 4.5e-5 after 4 steps on an Intel AMX Xeon, 2e-5 on AMD. So the online run here is served the
-    cached run's teacher outputs (`Served`), after each step's outputs were checked against the float64 truth.
+    online teacher runs batches of 8, the builder batches of 648), and such 1-ulp float16 flips of targets moved
+    the student by 4.5e-5 after 4 steps on an Intel AMX Xeon (the bound, tuned on AMD, was 2e-5). So the online
+    run here is served the cached run's teacher outputs (`Served`), after each step's outputs were checked against
+    the float64 truth.
     """
     extra = [f"distill.method={method}", f"fusion.mode={mode}"]
     if method == "richkd":
