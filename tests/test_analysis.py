@@ -205,8 +205,12 @@ def test_analyze_is_fast_on_cifar100_sized_predictions() -> None:
              for i in range(4)]
     preds = [Predictions(p.logits, p.labels, torch.arange(10_000), None, {**p.provenance, "n_rows_split": 10_000})
              for p in preds]
-    start = time.perf_counter()
+    # CPU seconds of this process (all its threads), not wall-clock: other processes on a shared or loaded
+    # machine do not count, so the bound tests the algorithm (a per-row Python loop takes minutes), not the load
+    start = time.process_time()
     out = analyze(preds, ["teacher", "fused", "s1", "s2"], agreements=[("teacher", "s1")],
                   semantic=("random", torch.randn(100, 16, generator=gen)))
-    assert time.perf_counter() - start < 20.0
+    used = time.process_time() - start
+    assert used < 20.0, f"{used:.1f} CPU s"
+    print(f"analyze: {used:.2f} CPU s")
     assert len(out["predictors"]["s1"]["class_correlation"]) == 100

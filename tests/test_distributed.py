@@ -29,12 +29,16 @@ from richkd.engine.checkpoint import save_model
 from richkd.models import create_model
 from richkd.teachers.target_cache import write_random_cache
 
-# Tolerances (docs/speed.md). Measured on this config, 2 processes with train.sync_bn vs 1 process: largest
-# relative difference 2e-6 after epoch 1 (2 steps) and 1.4e-4 by epoch 3, the size of float32 round-off
-# (1 process with channels_last vs without drifts as far). Breaking the memory-bank sync or the global
-# negative draw gives 1e-3 at epoch 1 and 2e-2 by epoch 2; without sync_bn it is 4e-3 and 3e-2.
-RTOL_FIRST_EPOCH = 1e-4
-RTOL = 2e-3
+# Tolerances (docs/speed.md), from the round-off measured on the machine that runs the test, not a number tuned
+# on one CPU (oneDNN's conv kernels differ between Intel AMX, AMD AVX-512 and AVX2 machines, issue 20).
+# 2 processes with train.sync_bn vs 1 process differ by float32 round-off only (other per-rank batch shapes, so
+# other conv blockings, and all-reduced sums): measured on AMD Zen 4, the largest relative loss difference is
+# 2e-6 after epoch 1 (2 steps) and 1.4e-4 by epoch 3. The same 1-process run in channels_last (other kernels,
+# the same arithmetic) drifts as far: that spread, measured in the test, times SPREAD_FACTOR is the bound
+# (never below SPREAD_FLOOR, one run's spread can be ~0). Breaking the memory-bank sync or the global negative
+# draw gives 1e-3 at epoch 1 and 2e-2 by epoch 2; without sync_bn it is 4e-3 and 3e-2: 100x the round-off.
+SPREAD_FACTOR = 10.0
+SPREAD_FLOOR = 1e-5
 LOSSES = ("train/loss_ce", "train/loss_kd", "train/loss_feat", "test/nll")
 ACCURACIES = {"train/top1": 100 / 64, "test/top1": 100 / 80}  # at most one sample may flip
 
@@ -94,16 +98,20 @@ def _records(out: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.shared_data
 def test_two_processes_match_one(setup: dict[str, Any]) -> None:
-    one, two = setup["base"] / "one", setup["base"] / "two"
+    one, two, other = setup["base"] / "one", setup["base"] / "two", setup["base"] / "one_channels_last"
     _run([sys.executable], [*setup["args"], f"out_dir={one}"])
+    _run([sys.executable], [*setup["args"], f"out_dir={other}", "train.channels_last=true"])
     proc = _run(_torchrun(2), [*setup["args"], f"out_dir={two}"])
-    a, b = _records(one), _records(two)
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    a, b, c = _records(one), _records(two), _records(other)
     assert [r["epoch"] for r in b] == [1, 2, 3], "rank 0 alone writes metrics.jsonl, one record per epoch"
     assert proc.stdout.count('"best_top1"') == 1, "rank 0 alone prints the summary"
-    for ra, rb in zip(a, b, strict=True):
-        rtol = RTOL_FIRST_EPOCH if ra["epoch"] == 1 else RTOL
+    spread = 0.0  # round-off grows with the steps: the largest relative spread up to this epoch
+    for ra, rb, rc in zip(a, b, c, strict=True):
+        spread = max(spread, *(abs(rc[k] - ra[k]) / abs(ra[k]) for k in LOSSES))
+        rtol = max(SPREAD_FACTOR * spread, SPREAD_FLOOR)
         for key in LOSSES:
-            assert rb[key] == pytest.approx(ra[key], rel=rtol), (ra["epoch"], key, ra[key], rb[key])
+            assert rb[key] == pytest.approx(ra[key], rel=rtol), (ra["epoch"], key, ra[key], rb[key], rtol)
         for key, one_sample in ACCURACIES.items():
             assert abs(rb[key] - ra[key]) <= one_sample + 1e-6, (ra["epoch"], key, ra[key], rb[key])
     run = json.loads((two / "run.json").read_text())

@@ -5,6 +5,7 @@ images. Also: ONNX Runtime matches PyTorch to 1e-4 for every CIFAR zoo student; 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from numerics import assert_within_roundoff
 from richkd.analysis.predictions import read_predictions
 from richkd.cli import main
 from richkd.data import load_dataset
@@ -187,10 +189,19 @@ def test_onnx_matches_pytorch_for_every_zoo_student(name: str, tmp_path: Path) -
     x = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x).logits
+        exact = copy.deepcopy(model).double()(x.double()).logits
     got = run_session(session, x)
     assert expected.abs().max() > 0.1, f"{name}: logits too small for the check to mean anything"
-    assert (got - expected).abs().max().item() < 1e-4
-    assert torch.equal(got.argmax(1), expected.argmax(1))
+    # onnxruntime's kernels against PyTorch's fp32 round-off, both from float64 (measured here, AMD Zen 4:
+    # onnxruntime has 0.8x to 1.8x PyTorch's error over these students, at most 1.5e-5 on logits up to 2.9)
+    assert_within_roundoff(got, exact, expected, name)
+    # the same top class wherever float64's top two are further apart than both paths' round-off
+    top2 = exact.topk(2, dim=1).values
+    roundoff = float((got.double() - exact).abs().max() + (expected.double() - exact).abs().max())
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * roundoff
+    assert clear.sum() >= 5, f"{name}: too many near-ties for the check to mean anything"
+    assert torch.equal(got.argmax(1)[clear], exact.argmax(1)[clear])
+    assert torch.equal(expected.argmax(1)[clear], exact.argmax(1)[clear])
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str], needle: str) -> None:

@@ -120,6 +120,7 @@ def test_two_processes_train_richkd_lf_and_ranks_split_every_row(tree: dict[str,
     proc = subprocess.run([*launcher, "-m", "richkd", "train", *args], capture_output=True, text=True, env=env,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr, proc.stderr[-3000:]  # no rank aborted on the way out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1] and np.isfinite(records[0]["train/loss_feat"])
     # the CRD banks start as uniform noise (row norms 1 +- 0.04) and a row updated from a batch is renormalised
@@ -137,6 +138,60 @@ def test_two_processes_train_richkd_lf_and_ranks_split_every_row(tree: dict[str,
                  "--out", str(tmp_path / "shift_out")]) == 0
     scored = json.loads((tmp_path / "shift_out" / "shift.json").read_text())["sets"]["r"]
     assert (scored["layout"], scored["images"], scored["classes_scored"]) == ("subset", 4, 2)
+
+
+def test_train_leaves_the_process_group_on_success_and_on_error(tree: dict[str, Path], tmp_path: Path) -> None:
+    """The DDP abort at exit (issue 20): a gloo group still alive when the interpreter finalises takes the rank
+    down with SIGABRT. `richkd train` must leave the group itself, on success and on a failing run. A 1-process
+    gloo group (what torchrun sets up, minus the second process) is enough to see whether it is left."""
+    import torch.distributed as torch_dist
+
+    def joined() -> None:
+        torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        (tmp_path / "store").unlink(missing_ok=True)
+
+    joined()
+    try:
+        bad = _args(tree, "folder", "kd", tmp_path / "bad", f"vlm.cache={tmp_path / 'missing'}")
+        bad[bad.index("--method") + 1] = "richkd-lf"  # needs the target cache: fails while building the run
+        assert main(bad) == 2
+        assert not torch_dist.is_initialized()  # left on the error path
+        assert not (tmp_path / "bad").exists()  # and the unstarted run removed by rank 0 after leaving
+        joined()
+        assert main(_args(tree, "folder", "kd", tmp_path / "ok", "model.student=resnet8")) == 0
+        assert not torch_dist.is_initialized()  # left on success
+        assert json.loads((tmp_path / "ok" / "summary.json").read_text())["epochs"] == 1
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def test_an_epoch_that_fails_mid_way_joins_its_decode_workers(
+    tree: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that raises in a streamed epoch: the loader's worker processes are gone when the error reaches the
+    caller, not when the traceback (which holds the epoch's frames) is finally dropped."""
+    import multiprocessing
+
+    from richkd.build import build_fit
+    from richkd.config import load_config_with_layers
+    from richkd.engine import trainer
+    from richkd.engine.trainer import StepModule
+
+    args = _args(tree, "shards", "kd", tmp_path / "run", workers=2)
+    cfg, _ = load_config_with_layers(None, args[7:], dataset="imagenet", pair="resnet34-resnet18", method="kd")
+    parts, _ = build_fit(cfg, torch.device("cpu"))
+    workers: list[multiprocessing.process.BaseProcess] = []
+
+    def failing_step(*_: object, **__: object) -> None:
+        workers.extend(multiprocessing.active_children())
+        raise RuntimeError("a step failed")
+
+    monkeypatch.setattr(trainer, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="a step failed") as caught:
+        trainer._train_epoch(parts, StepModule(parts.student, parts.distiller), 0, torch.Generator())
+    assert caught.traceback  # still held here
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)
 
 
 # Imports torch and richkd once, then trains in a forked child per folder: wait4 gives each child's own RSS

@@ -68,13 +68,16 @@ def test_training_killed_at_random_points_ends_bit_identical(tiny_cifar10: Path,
     env = _env(tmp_path / "home")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_argv(tiny_cifar10, straight, tmp_path / "dc"), env=env, check=True, capture_output=True)
+    # an epoch's training time on this machine, now: kill points are fractions of it, so they land inside an
+    # epoch on a fast CPU as on a slow or loaded one (fixed seconds missed the whole run where epochs are short)
+    epoch_s = min(json.loads(line)["time/train_s"] for line in (straight / "metrics.jsonl").read_text().splitlines())
     rng = random.Random(20261130)
     kills = 0
     for _ in range(12):
         if (killed / "summary.json").exists():
             break
-        # a seeded point inside a seeded epoch: after `at` more epochs are logged, `delay` s into the next one
-        start, at, delay = _epochs_done(killed), rng.randint(0, 1), rng.uniform(0.0, 1.5)
+        # a seeded point inside a seeded epoch: after `at` more epochs are logged, a seeded fraction into the next
+        start, at, delay = _epochs_done(killed), rng.randint(0, 1), rng.uniform(0.0, 1.0) * epoch_s
         kills += _run_killed(_train_argv(tiny_cifar10, killed, tmp_path / "dc"), env,
                              lambda s=start, a=at: (killed / "run.json").exists() and _epochs_done(killed) >= s + a,
                              delay)

@@ -135,7 +135,7 @@ def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
     """A run that failed before its first checkpoint leaves nothing behind (no half-made run directory)."""
     from richkd.engine import dist
 
-    if not dist.is_main() or (run_dir / "checkpoint.pt").exists():
+    if dist.launch_rank() != 0 or (run_dir / "checkpoint.pt").exists():  # the group is left by now
         return
     from richkd.engine.lock import LOCK_NAME
 
@@ -167,16 +167,23 @@ def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str] | N
 
     torch.manual_seed(cfg.seed)
     device = dist.init_from_env(cfg.train.device)
-    parts, provenance = build_fit(cfg, device, previous=_previous_run(run_dir) if resume else None)
-    provenance["config_layers"] = layers or []
-    log.info("%s", provenance["loss"])
-    if provenance["teacher_targets"]:
-        log.info("teacher targets: %s", provenance["teacher_targets"])
-    if dist.is_main():
-        write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-        write_json_atomic(run_dir / "run.json", provenance)
-    summary = fit(parts, run_dir, resume=resume)
-    if dist.is_main():
+    is_main = dist.is_main()
+    ok = False
+    try:  # the process group is left on every path out, before interpreter exit (dist.shutdown says why)
+        parts, provenance = build_fit(cfg, device, previous=_previous_run(run_dir) if resume else None)
+        provenance["config_layers"] = layers or []
+        log.info("%s", provenance["loss"])
+        if provenance["teacher_targets"]:
+            log.info("teacher targets: %s", provenance["teacher_targets"])
+        if dist.is_main():
+            write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+            write_json_atomic(run_dir / "run.json", provenance)
+        summary = fit(parts, run_dir, resume=resume)
+        del parts  # the student, its optimizer and data: nothing that touched the group outlives it
+        ok = True
+    finally:
+        dist.shutdown(ok=ok)
+    if is_main:
         print(json.dumps(summary, indent=2))
     return 0
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from richkd.data.augment import (
     CropFlip,
@@ -148,8 +149,12 @@ class StreamBatches:
             return -(-len(self.dataset) // self.batch_size)
         return (len(self.dataset.source) // self.world_size) // self.batch_size
 
-    def epoch(self, epoch: int, max_steps: int | None = None) -> Iterator[Batch]:
-        """The batches of `epoch` (its shuffle and crops are functions of seed, epoch and row only)."""
+    def epoch(self, epoch: int, max_steps: int | None = None) -> Generator[Batch, None, None]:
+        """The batches of `epoch` (its shuffle and crops are functions of seed, epoch and row only).
+
+        The decode workers are shut down when the epoch ends, stops after `steps()`, or is closed early (an error
+        in the consumer: close the generator), not whenever the garbage collector reaches the loader.
+        """
         self.dataset.set_epoch(epoch)
         steps = self.steps() if max_steps is None else min(self.steps(), max_steps)
         loader = build_stream_loader(
@@ -157,16 +162,17 @@ class StreamBatches:
         )
         held: list[Chunk] = []
         n_held = done = 0
-        for images, labels, rows in loader:
-            if done == steps:
-                break
-            held.append((images, labels, rows))
-            n_held += len(rows)
-            while n_held >= self.batch_size and done < steps:
-                cut, held = _take(held, self.batch_size)
-                n_held -= self.batch_size
-                done += 1
-                yield self._batch(*cut)
+        with closing_loader(loader) as chunks:
+            for images, labels, rows in chunks:
+                if done == steps:
+                    break
+                held.append((images, labels, rows))
+                n_held += len(rows)
+                while n_held >= self.batch_size and done < steps:
+                    cut, held = _take(held, self.batch_size)
+                    n_held -= self.batch_size
+                    done += 1
+                    yield self._batch(*cut)
         if done < steps and n_held and self.world_size == 1:
             yield self._batch(*_take(held, n_held)[0])
 
@@ -214,8 +220,8 @@ class StreamEval:
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         )
         loader = build_stream_loader(self.dataset, batch_size=self.batch_size, workers=self.workers)
-        with torch.no_grad(), autocast:
-            for images, y, r in loader:
+        with torch.no_grad(), autocast, closing_loader(loader) as chunks:
+            for images, y, r in chunks:
                 x = images.to(self.device, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -232,6 +238,20 @@ class StreamEval:
     def evaluate(self, model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> dict[str, float]:
         logits, labels = self.predict(model, bf16=bf16, channels_last=channels_last)
         return eval_metrics(logits, labels)
+
+
+@contextlib.contextmanager
+def closing_loader(loader: DataLoader[Any]) -> Generator[Iterator[Any], None, None]:
+    """Iterate `loader` and shut its worker processes down on leaving the block, however it is left (its
+    iterator joins them when freed; here it is freed at once, not when an exception's traceback lets go)."""
+    chunks = iter(loader)
+    try:
+        yield chunks
+    finally:
+        shutdown = getattr(chunks, "_shutdown_workers", None)  # torch's multi-process iterator; idempotent
+        if shutdown is not None:
+            shutdown()
+        del chunks
 
 
 def _gather_rows(logits: Tensor, labels: Tensor, rows: Tensor, n_rows: int) -> tuple[Tensor, Tensor, Tensor]:

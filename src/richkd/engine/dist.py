@@ -17,6 +17,7 @@ How a run of N processes stays equal to a 1-process run with the same global bat
 from __future__ import annotations
 
 import atexit
+import gc
 import inspect
 import logging
 import os
@@ -47,10 +48,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun assigned it (RANK, when WORLD_SIZE > 1): still right after `shutdown`,
+    for the clean-up code that runs once the group has been left."""
+    if is_distributed():
+        return rank()
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def init_from_env(device: str) -> torch.device:
     """Join the process group torchrun describes (WORLD_SIZE > 1); gloo on CPU, NCCL on CUDA.
 
-    Only rank 0 logs at INFO (the others log warnings and errors), and the group is torn down at exit.
+    Only rank 0 logs at INFO (the others log warnings and errors). The caller leaves the group with `shutdown`
+    on every path out (success or error); an `atexit` hook is only a backstop.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return torch.device(device)
@@ -68,8 +78,37 @@ def init_from_env(device: str) -> torch.device:
     return torch.device("cuda", local) if device.startswith("cuda") else torch.device(device)
 
 
+def shutdown(*, ok: bool) -> None:
+    """Leave the process group now, while the interpreter is fully alive; a no-op with one process.
+
+    A gloo group left to interpreter exit (the `atexit` backstop below, or the garbage collector of a DDP
+    wrapper that still owns it) can be torn down while Python finalises: its C++ threads may then drop the last
+    tensors of finished works, which needs the GIL, and the process dies with SIGABRT ("terminate called
+    without an active exception", issue 20; pytorch/pytorch#179291 describes the mechanism) after an otherwise
+    complete run. So every train path calls this on the way out:
+
+    - `ok` (every rank finished): a barrier first, so no rank closes its connections while a peer still
+      communicates (rank 0 writes the checkpoint while the others are already done);
+    - not `ok` (an error on this rank): no barrier, the peers may be gone or stuck; the launcher stops them.
+
+    Unreachable owners of the group (the DDP wrapper and its reducer's finished works, kept by reference
+    cycles) are collected before the group is destroyed, so nothing of gloo outlives this call.
+    """
+    if not is_distributed():
+        return
+    try:
+        if ok:
+            torch_dist.barrier()
+    finally:
+        gc.collect()
+        torch_dist.destroy_process_group()
+        gc.collect()
+
+
 def cleanup() -> None:
+    """The `atexit` backstop of `shutdown` (a path that did not call it: a bug, or an exception not caught)."""
     if is_distributed():
+        gc.collect()
         torch_dist.destroy_process_group()
 
 

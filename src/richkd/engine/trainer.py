@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ def train_step(
     return terms, logits, loss
 
 
-def _epoch_batches(parts: FitParts, epoch: int, generator: torch.Generator) -> tuple[Iterator[Batch], int]:
+def _epoch_batches(parts: FitParts, epoch: int, generator: torch.Generator) -> tuple[Generator[Batch, None, None], int]:
     """(this rank's batches of `epoch`, their number). In memory: row ids drawn from `generator`, then gathered
     and augmented on the device; streamed: decoded by the loader's workers, shuffled from (seed, epoch)."""
     maker = parts.train_batches
@@ -184,9 +184,16 @@ def _epoch_batches(parts: FitParts, epoch: int, generator: torch.Generator) -> t
 def _train_epoch(
     parts: FitParts, step_module: nn.Module, epoch: int, generator: torch.Generator
 ) -> dict[str, float]:
-    device = parts.test_data.device
     step_module.train()
-    batches, n_steps = _epoch_batches(parts, epoch, generator)
+    source, n_steps = _epoch_batches(parts, epoch, generator)
+    with contextlib.closing(source):  # streamed: the decode workers are joined here, on an error too
+        return _run_epoch(parts, step_module, epoch, source, n_steps)
+
+
+def _run_epoch(
+    parts: FitParts, step_module: nn.Module, epoch: int, batches: Iterator[Batch], n_steps: int
+) -> dict[str, float]:
+    device = parts.test_data.device
     # Sums stay on the device and are read once per epoch: no host sync per step on a GPU. On the CPU a
     # sync is free, so a non-finite loss is caught before its update is applied.
     totals: dict[str, Tensor] = {}
