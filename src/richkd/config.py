@@ -22,6 +22,9 @@ import yaml
 from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
+SEED_MAX = 2**63 - 1  # as richkd.cli_args.SEED_MAX: torch seeds are 64-bit, with headroom for small offsets
+# The distill.* keys that weight a loss term (DKD's alpha/beta weight TCKD/NCKD); a method trains when one is > 0.
+LOSS_WEIGHTS = ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta")
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,8 @@ class RunConfig:
             (o.gamma > 0, "optim.gamma must be > 0"),
             (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
             (all(m >= 1 for m in o.milestones), "optim.milestones must be epochs >= 1"),
-            (t.threads is None or t.threads >= 1, "train.threads must be >= 1"),
+            (t.threads is None or 1 <= t.threads <= 4096, "train.threads must be in [1, 4096]"),
+            (0 <= self.seed <= SEED_MAX, f"seed must be in [0, 2**63 - 1] (torch takes 64-bit seeds), got {self.seed}"),
             (t.eval_every >= 1, "train.eval_every must be >= 1"),
             (t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1"),
             (t.stop_after is None or t.stop_after >= 1, "train.stop_after must be >= 1"),
@@ -211,9 +215,15 @@ class RunConfig:
         ]
         temperature = getattr(d, "temperature", 1.0)
         checks.append((temperature > 0, f"distill.temperature must be > 0 (got {temperature})"))
-        for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta"):
+        for name in LOSS_WEIGHTS:
             value = getattr(d, name, 0.0)
             checks.append((value >= 0, f"distill.{name} must be >= 0 (got {value})"))
+        weights = [name for name in LOSS_WEIGHTS if hasattr(d, name)]
+        checks.append((
+            any(getattr(d, name) > 0 for name in weights),
+            f"every loss weight of distill.method={d.method} is zero ({', '.join(f'distill.{w}' for w in weights)}): "
+            "nothing to train; set one > 0",
+        ))
         for ok, message in checks:
             if not ok:
                 raise RichKDError(f"invalid config: {message}")
