@@ -372,7 +372,6 @@ def test_resume_with_another_student_names_both(images: Path, tmp_path: Path,
 @pytest.mark.parametrize("argv", [
     ["eval", "--checkpoint", "m.pt", "--dataset", "cifar10", "--threads", "0"],
     ["cost", "--checkpoint", "a={huge}", "--out", "{out}"],
-    ["train", f"seed={2**64}", "out_dir={out}"],
 ])
 def test_real_entry_point(argv: list[str], hostile: dict[str, Path], tmp_path: Path) -> None:
     """`python -m richkd` (the console script's path): the same one line and exit code 2."""
@@ -382,3 +381,27 @@ def test_real_entry_point(argv: list[str], hostile: dict[str, Path], tmp_path: P
     one_line_error(proc.returncode, proc.stderr, argv)
     assert not (tmp_path / "out").exists()
 
+
+
+def test_official_c_files_are_checked_before_the_first_evaluation(
+    hostile: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pickled object array as a CIFAR-C file: refused unread (allow_pickle=False), before any progress or output."""
+    import numpy as np
+
+    from richkd.engine.checkpoint import save_model
+    from richkd.models import create_model
+
+    model = tmp_path / "m.pt"
+    save_model(model, create_model("resnet8", 2), arch="resnet8", num_classes=2, classes=("cat", "dog"))
+    folder = tmp_path / "c"
+    folder.mkdir()
+    np.save(folder / "gaussian_noise.npy", np.array([Evil()], dtype=object), allow_pickle=True)
+    np.save(folder / "labels.npy", np.zeros(5, dtype=np.int64))
+    out = tmp_path / "rob"
+    argv = ["robustness", "--checkpoint", f"m={model}", "--dataset", "imagefolder", "--root", str(images),
+            "--official-c", str(folder), "--corruptions", "gaussian_noise", "--out", str(out)]
+    line = one_line_error(*run(argv, capsys), argv)
+    assert "gaussian_noise.npy" in line
+    assert not out.exists()
+    assert not (hostile["evil_pt"].parent / "PWNED").exists()

@@ -161,10 +161,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     }
     source = _official_source(args.official_c, rows, labels) if args.official_c else None
     if args.official_c:
-        for name in corruptions:  # fail now, not after an hour, when a file is missing
+        from richkd.robustness.official import open_official_c
+
+        for name in corruptions:  # fail now, not after an hour, when a file is missing, corrupt or hostile
             if not (Path(args.official_c) / f"{name}.npy").is_file():
                 missing = Path(args.official_c) / f"{name}.npy"
                 raise RichKDError(f"{missing} not found: is --official-c the extracted -C folder?")
+            open_official_c(args.official_c, name)
 
     per_model = evaluate_robustness(
         models, images, labels, mean=ds.mean, std=ds.std, corruptions=corruptions, severities=severities,
