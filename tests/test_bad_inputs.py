@@ -138,6 +138,8 @@ def test_main_turns_argument_errors_into_one_line(argv: list[str], capsys: pytes
     ("fusion.logit_alpha=1.5", "fusion.logit_alpha"),
     ("vlm.logit_scale=-1", "vlm.logit_scale"),
     ("train.batch_size=0", "train.batch_size"),
+    ("optim.lr=1e308", "optim.lr"),  # finite in float64, inf in the float32 tensors it becomes
+    ("train.max_steps_per_epoch=99999999999999999999", "train.max_steps_per_epoch"),  # past int64
 ])
 def test_bad_config_values_are_one_line(override: str, needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["config", "show", override], capsys)
@@ -405,3 +407,12 @@ def test_official_c_files_are_checked_before_the_first_evaluation(
     assert "gaussian_noise.npy" in line
     assert not out.exists()
     assert not (hostile["evil_pt"].parent / "PWNED").exists()
+
+
+def test_study_spec_seed_past_64_bits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each run would fail alone (exit 1 after the whole grid); the spec is refused up front instead."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\nout: {tmp_path / 'out'}\nseeds: [{2**64}]\narms:\n  a: {{argv: [--method, kd]}}\n")
+    argv = ["study", str(spec), "--dry-run"]
+    assert "seeds" in one_line_error(*run(argv, capsys), argv)
+    assert not (tmp_path / "out").exists()

@@ -227,6 +227,7 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise RichKDError(f"invalid config: {message}")
+        _check_ranges(self, "")
         needs_teacher = d.method != "vanilla"
         if needs_teacher and (self.model.teacher is None or self.model.teacher_checkpoint is None):
             raise RichKDError(
@@ -278,6 +279,31 @@ class RunConfig:
     def feature_lambda(self) -> float:
         lam = self.fusion.feature_lambda
         return self.fusion.logit_alpha if lam is None else lam
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # tensors hold these values in float32: a larger one is inf there
+INT64_MAX = 2**63 - 1  # torch sizes and indices are int64: a larger int raises "Overflow when unpacking long"
+WIDTH_MAX = 65536  # distill.embed_dim: an embedding wider than this is a typo (and gigabytes per bank row)
+
+
+def _check_ranges(node: Any, prefix: str) -> None:
+    """Every number of the config fits the types it ends up in (float32 tensors, int64 sizes), so an absurd value
+    is one line here, not an overflow inside torch."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.")
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, float) and abs(item) > FLOAT32_MAX:
+                raise RichKDError(f"invalid config: {key}={item!r} is beyond float32 (|x| <= 3.4e38)")
+            if isinstance(item, int) and abs(item) > INT64_MAX:
+                raise RichKDError(f"invalid config: {key}={item} is beyond a 64-bit integer")
+    if isinstance(node, (CRDConfig, RichKDConfig)) and node.embed_dim > WIDTH_MAX:
+        raise RichKDError(f"invalid config: distill.embed_dim must be <= {WIDTH_MAX}, got {node.embed_dim}")
 
 
 # --------------------------------------------------------------------------- loading
