@@ -416,3 +416,21 @@ def test_study_spec_seed_past_64_bits(tmp_path: Path, capsys: pytest.CaptureFixt
     argv = ["study", str(spec), "--dry-run"]
     assert "seeds" in one_line_error(*run(argv, capsys), argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_malicious_cifar_pickles_are_refused_unexecuted(
+    hostile: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The official CIFAR files are pickles: every one is read with an allow-list unpickler, never executed."""
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    payload = pickle.dumps(Evil())
+    for name in ("batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6))):
+        (folder / name).write_bytes(payload)
+    for argv in (["eval", "--checkpoint", str(hostile["evil_pt"]), "--dataset", "cifar10", "--root", str(tmp_path),
+                  "--arch", "resnet8"],
+                 ["vlm", "zeroshot", "--dataset", "cifar10", "--root", str(tmp_path), "--teacher", "random:0"]):
+        one_line_error(*run(argv, capsys), argv)
+    assert not (hostile["evil_pt"].parent / "PWNED").exists(), "a malicious pickle ran"
