@@ -160,7 +160,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     _fails(["predict", "--checkpoint", t, "--cache", str(work["cache"]), *common], capsys, "needs --alpha")
     _fails(["predict", "--vlm", "random", "--cache", str(work["cache"]), *common], capsys, "not both")
     _fails(["predict", "--cache", str(work["cache"]), *common], capsys, "--vlm-scale")
-    _fails(["predict", "--checkpoint", t, "--alpha", "1.5", "--no-vlm", *common], capsys, "--alpha must be in [0, 1]")
+    _fails(["predict", "--checkpoint", t, "--alpha", "1.5", "--no-vlm", *common], capsys,
+           "--alpha: must be a number in [0, 1]")
     (tmp_path / "a-file").write_text("x")
     _fails(["predict", "--checkpoint", t, "--dataset", "imagefolder", "--root", str(work["data"]),
             "--out", str(tmp_path / "a-file" / "x.preds.safetensors")], capsys, "is a file")

@@ -1,6 +1,6 @@
 """richkd: knowledge distillation from a fused CNN + vision-language teacher (RichKD), with KD/DKD/CRD baselines.
 
-Commands: demo | train | eval | models | config | vlm | predict | analyze | robustness | cost | report.
+Commands: demo | train | eval | models | config | vlm | predict | analyze | robustness | cost | report | doctor.
 `richkd COMMAND --help` says more. Thin layer: parse, call the library, print; errors are one line, exit code 2.
 """
 
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.errors import RichKDError
+from richkd.cli_args import OneLineParser, check_out_file, count_int, threads_int
+from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
 
 if TYPE_CHECKING:
     from richkd.config import RunConfig
@@ -30,8 +31,16 @@ def _setup(threads: int | None, verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("richkd").setLevel(logging.INFO)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads; 0 or negative is refused here as one line (torch raises a RuntimeError)."""
+    if threads is None:
+        return
+    if not 1 <= threads <= 4096:
+        raise RichKDError(f"--threads / train.threads must be in [1, 4096], got {threads}")
+    torch.set_num_threads(threads)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -66,6 +75,8 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, layers: list[str], r
         _remove_unstarted_run(run_dir, before)
         raise
     resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
+    if args.resume:
+        _check_same_student(cfg, run_dir)
     if args.resume and (run_dir / "config.yaml").exists():
         _check_same_config(cfg, run_dir)
     from richkd.engine.device import check_device
@@ -73,7 +84,9 @@ def _train_locked(args: argparse.Namespace, cfg: RunConfig, layers: list[str], r
     check_device(cfg.train.device, "train.device")
     try:
         return _train(cfg, run_dir, resume=args.resume, layers=layers)
-    except (RichKDError, KeyboardInterrupt):
+    except BaseException as err:
+        if not isinstance(err, KeyboardInterrupt) and expected_failure(err) is None:
+            raise  # a bug: its traceback stays, and so do its files (evidence)
         _remove_unstarted_run(run_dir, before)
         has_ckpt = (run_dir / "checkpoint.pt").exists()
         args.interrupt_hint = (
@@ -105,6 +118,18 @@ def _has_files(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
 
 
+def _check_same_student(cfg: RunConfig, run_dir: Path) -> None:
+    """--resume of a run with another student: one line naming both, before the run's files are touched."""
+    from richkd.engine.checkpoint import recorded_student
+
+    saved = recorded_student(run_dir)
+    if saved is not None and saved != cfg.model.student:
+        raise RichKDError(
+            f"--resume: {run_dir} trained a {saved} student but the config names model.student={cfg.model.student}: "
+            f"resume with model.student={saved} (the run's config.yaml), or start a new run in another out_dir"
+        )
+
+
 def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
     from richkd.config import config_to_dict, load_config
 
@@ -116,8 +141,11 @@ def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
         if saved.get(key) != current.get(key) and key not in ("train.stop_after", "train.progress", "train.threads")
     )
     if changed:
+        shown = "; ".join(f"{key}: {saved.get(key)!r} in the run, {current.get(key)!r} now" for key in changed[:3])
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
         raise RichKDError(
-            f"--resume: {', '.join(changed)} differ from {run_dir / 'config.yaml'}; resume with that file"
+            f"--resume: {', '.join(changed)} differ from {run_dir / 'config.yaml'} ({shown}{more}); resume with "
+            "that file"
         )
 
 
@@ -195,14 +223,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from richkd.engine.checkpoint import load_model_file, read_model_file
     from richkd.engine.device import check_device
     from richkd.engine.evaluate import evaluate_model
-    from richkd.engine.io import check_writable, write_json_atomic
+    from richkd.engine.io import write_json_atomic
     from richkd.models import create_model
 
     _setup(args.threads, verbose=False)
     device = check_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
-        check_writable(out.parent, "--out")
+        check_out_file(out)
     path = Path(args.checkpoint)
     arch: str | None
     if path.suffix == ".safetensors":  # an exported model: weights + model card, no training files needed
@@ -277,6 +305,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from richkd.doctor import collect, render
+
+    report = collect()
+    print(json.dumps(report, indent=2) if args.json else render(report), end="\n" if args.json else "")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from richkd.models import create_model, model_names
 
@@ -308,7 +344,7 @@ def add_layer_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from richkd.config_docs import describe_keys
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="richkd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -329,15 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
     ev.add_argument("--root", default=None, help="dataset root (folder or archive)")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--limit", type=int, default=None, help="a stratified subset of N rows (quick checks)")
+    ev.add_argument("--limit", type=count_int, default=None, help="a stratified subset of N rows (quick checks)")
     ev.add_argument("--arch", default=None, help="architecture, if the file does not record it")
-    ev.add_argument("--batch-size", type=int, default=512)
+    ev.add_argument("--batch-size", type=count_int, default=512)
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--threads", type=threads_int, default=None)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)
+    doctor = sub.add_parser("doctor", help="this machine for a bug report: CPU flags, torch build, bf16, tcmalloc, "
+                            "extras, data locations")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(func=cmd_doctor)
     recipes = sub.add_parser("recipes", help="list the built-in datasets, methods and teacher-student pairs")
     recipes.set_defaults(func=cmd_recipes)
     config = sub.add_parser("config", help="print the resolved config of a run, or every config key")
@@ -371,16 +411,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one edge: a bad argument, a RichKDError or an expected failure of the machine (full disk, read-only
+    folder, missing extra, corrupt file; `richkd.errors.expected_failure`) is one line and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        if stop.code == 2:  # OneLineParser already printed its one line
+            return 2
+        raise  # --help / --version
     if args.command is None:
         parser.print_help()
         return 0
     try:
         code: int = args.func(args)
         return code
-    except RichKDError as err:
-        print(f"richkd: error: {err}", file=sys.stderr)
+    except BrokenPipeError:  # `richkd doctor | head`: the reader is gone; say nothing more (Python's recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except EXPECTED_CLASSES as err:
+        message = expected_failure(err)
+        if message is None:
+            raise
+        print(f"richkd: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = getattr(args, "interrupt_hint", None)

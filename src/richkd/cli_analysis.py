@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from richkd import __version__
+from richkd.cli_args import check_out_file, count_int, positive_float, threads_int, unit_float
 from richkd.engine.io import file_sha256
 from richkd.errors import RichKDError
 
@@ -51,25 +52,25 @@ def add_analysis_parsers(subparsers: Any) -> None:
     p.add_argument("--no-clean-names", dest="clean_names", action="store_false",
                    help="--vlm: feed raw class names (underscores kept), as the reference code does")
     p.add_argument("--cache", default=None, help="target cache directory of this split (its plain view is used)")
-    p.add_argument("--alpha", type=float, default=None, help="α of the fused teacher α·z_T + (1 − α)·s·z_C")
+    p.add_argument("--alpha", type=unit_float, default=None, help="α of the fused teacher α·z_T + (1 − α)·s·z_C")
     p.add_argument("--no-vlm", action="store_true", help="with --checkpoint and --alpha: the control α·z_T")
-    p.add_argument("--vlm-scale", type=float, default=None,
+    p.add_argument("--vlm-scale", type=positive_float, default=None,
                    help="s multiplying the cosines (default: the model's own for --vlm, 1 when fused as the "
                         "reference does; required for --cache alone)")
     p.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
     p.add_argument("--root", default=None, help="dataset root (folder or archive)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=count_int, default=None,
                    help="a stratified subset of N rows; rows keep their ids in the full split")
     p.add_argument("--features", action="store_true",
                    help="also store pooled penultimate features (the image embedding for --vlm/--cache)")
     p.add_argument("--name", default=None, help="predictor name (default: --out's file name without .preds...)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=count_int, default=256)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast for the --vlm image tower (default float32: exact, and on CPUs without "
                         "native bf16 several times faster; CNNs always run in float32)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="predictions file to write, e.g. teacher.preds.safetensors")
     p.set_defaults(func=cmd_predict, interrupt_hint="nothing was written")
 
@@ -79,8 +80,8 @@ def add_analysis_parsers(subparsers: Any) -> None:
                               "predictor named 'teacher' is the default --reference.")
     a.add_argument("predictions", nargs="+", help="predictions files written by `richkd predict`")
     a.add_argument("--names", default=None, help="comma-separated names, one per file (default: their own)")
-    a.add_argument("--tau", type=float, default=0.5, help="confidence threshold τ of the quadrants")
-    a.add_argument("--n-bins", type=int, default=15, help="calibration bins")
+    a.add_argument("--tau", type=unit_float, default=0.5, help="confidence threshold τ of the quadrants")
+    a.add_argument("--n-bins", type=count_int, default=15, help="calibration bins")
     a.add_argument("--flow", action="append", default=[], metavar="FROM:TO", help="quadrant flow; repeatable")
     a.add_argument("--agreement", action="append", default=[], metavar="REF:OTHER",
                    help="top-1 agreement and KL(REF ‖ OTHER); repeatable")
@@ -322,14 +323,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from richkd.analysis.metrics import topk_accuracy
     from richkd.analysis.predictions import write_predictions
     from richkd.engine.device import check_device
-    from richkd.engine.io import check_writable
 
     kind = _predict_kind(args)
     device = check_device(args.device)
     out = Path(args.out)
     if out.is_dir():
         raise RichKDError(f"--out {out} is a folder: give a file name, e.g. {out / 'model.preds.safetensors'}")
-    check_writable(out.parent, "--out")
+    check_out_file(out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     src = _open_sources(args)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from richkd.cli_args import positive_float, seed_int, threads_int
+
 DEFAULT_OUT = "runs/demo"
 
 
@@ -25,15 +27,15 @@ def add_demo_parser(subparsers: Any) -> None:
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for everything the demo writes (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="a few hundred images, one epoch: about 2 minutes (CI)")
-    p.add_argument("--scale", type=float, default=1.0,
+    p.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply images and epochs by F (more compute, better models; time grows ~F^2)")
     p.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "cifar10"),
                    help="fashion_mnist (Debian's dataset-fashion-mnist) or cifar10 (needs --root)")
     p.add_argument("--root", default=None,
                    help="dataset location: Fashion-MNIST idx files, or a CIFAR-10 folder/.tar.gz/python pickles")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run, subset and corruption")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of every run, subset and corruption")
     p.set_defaults(func=cmd_demo, interrupt_hint="run the same command again to continue where it stopped")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from richkd.cli_args import check_out_file, count_int, nonneg_count_int, threads_int
 from richkd.errors import RichKDError
 
 
@@ -29,20 +30,20 @@ def add_export_parsers(subparsers: Any) -> None:
     ex.add_argument("--bench", action="store_true",
                     help="batch-1 latency and batch-256 throughput, ONNX Runtime and PyTorch, student and "
                     "teacher (implies --onnx); writes bench.json")
-    ex.add_argument("--bench-repeats", type=int, default=50, help="timed runs per batch size (median)")
-    ex.add_argument("--bench-warmup", type=int, default=5, help="untimed runs before timing")
-    ex.add_argument("--threads", type=int, default=None, help="CPU threads (PyTorch and ONNX Runtime)")
+    ex.add_argument("--bench-repeats", type=count_int, default=50, help="timed runs per batch size (median)")
+    ex.add_argument("--bench-warmup", type=nonneg_count_int, default=5, help="untimed runs before timing")
+    ex.add_argument("--threads", type=threads_int, default=None, help="CPU threads (PyTorch and ONNX Runtime)")
     ex.set_defaults(func=cmd_export, interrupt_hint="files already written are complete; the card is last")
 
     cl = subparsers.add_parser("classify", help="top-k classes of image files, folders or globs")
     cl.add_argument("model", help="model_last.pt / model_best.pt, model.safetensors (+ card) or model.onnx")
     cl.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or quoted globs")
-    cl.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    cl.add_argument("--top-k", type=count_int, default=5, help="classes per image (default 5)")
     cl.add_argument("--format", choices=("table", "jsonl"), default="table")
-    cl.add_argument("--batch-size", type=int, default=256)
+    cl.add_argument("--batch-size", type=count_int, default=256)
     cl.add_argument("--out", default=None, help="write the predictions here instead of to stdout")
     cl.add_argument("--device", default="cpu", help="PyTorch device (ONNX models run on the CPU)")
-    cl.add_argument("--threads", type=int, default=None)
+    cl.add_argument("--threads", type=threads_int, default=None)
     cl.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: on for more than one batch when stderr is a terminal)")
     cl.set_defaults(func=cmd_classify, interrupt_hint="nothing was written")
@@ -61,7 +62,7 @@ class _Warnings:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from richkd.engine.device import check_device
-    from richkd.engine.io import check_writable, write_text_atomic
+    from richkd.engine.io import write_text_atomic
     from richkd.export.classify import classify_images, format_jsonl, format_table
     from richkd.export.images import collect_images
     from richkd.export.load import load_model
@@ -71,7 +72,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
-        check_writable(out.parent, "--out")
+        check_out_file(out)
     paths = collect_images(args.inputs)
     model = load_model(Path(args.model), threads=args.threads, device=device)
     warn = _Warnings()

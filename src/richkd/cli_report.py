@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from richkd.cli_args import count_int, image_size_int, nonneg_count_int, threads_int
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
@@ -32,10 +33,10 @@ def add_report_parser(subparsers: Any) -> None:
     cost.add_argument("--checkpoint", action="append", required=True, metavar="NAME=PATH",
                       help="a model file (model_best.pt / model_last.pt), repeatable")
     cost.add_argument("--device", default="cpu")
-    cost.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded in cost.json)")
-    cost.add_argument("--image-size", type=int, default=32, help="input height = width (default 32, CIFAR)")
-    cost.add_argument("--repeats", type=int, default=20, help="timed forward passes per batch size (median)")
-    cost.add_argument("--warmup", type=int, default=3, help="untimed forward passes before timing")
+    cost.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (recorded in cost.json)")
+    cost.add_argument("--image-size", type=image_size_int, default=32, help="input height = width (default 32, CIFAR)")
+    cost.add_argument("--repeats", type=count_int, default=20, help="timed forward passes per batch size (median)")
+    cost.add_argument("--warmup", type=nonneg_count_int, default=3, help="untimed forward passes before timing")
     cost.add_argument("--out", required=True, help="write DIR/cost.json here")
     cost.set_defaults(func=cmd_cost)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from richkd.cli_args import count_int, seed_int, threads_int
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
@@ -31,17 +32,17 @@ def add_robustness_parser(subparsers: Any) -> None:
     p.add_argument("--dataset", required=True, help="cifar10 | cifar100 | imagefolder | fashion_mnist")
     p.add_argument("--root", default=None, help="dataset root (folder or archive)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="stratified subset of N images (same rows every run)")
+    p.add_argument("--limit", type=count_int, default=None, help="stratified subset of N images (same rows every run)")
     p.add_argument("--corruptions", default=None, help="comma-separated names (default: all 19)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities in 1..5")
     p.add_argument("--official-c", default=None, metavar="DIR",
                    help="read the official CIFAR-10-C/100-C .npy files from DIR instead of generating")
     p.add_argument("--shift", action="append", default=[], metavar="NAME=FOLDER",
                    help="distribution-shift image folder (<split>/<class>/<image>); repeatable")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated corruptions")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the generated corruptions")
+    p.add_argument("--batch-size", type=count_int, default=512)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder for robustness.json and robustness.md")
     p.set_defaults(func=cmd_robustness)
 
@@ -146,6 +147,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = check_device(args.device)
+    from richkd.engine.checkpoint import read_model_file
+
+    for raw in checkpoints.values():  # corrupt or hostile: fail before the dataset is decoded
+        read_model_file(Path(raw).expanduser())
 
     ds, subset = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
     images, labels, rows = ds.images, ds.labels, None if subset is None else subset.rows
@@ -156,10 +161,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     }
     source = _official_source(args.official_c, rows, labels) if args.official_c else None
     if args.official_c:
-        for name in corruptions:  # fail now, not after an hour, when a file is missing
+        from richkd.robustness.official import open_official_c
+
+        for name in corruptions:  # fail now, not after an hour, when a file is missing, corrupt or hostile
             if not (Path(args.official_c) / f"{name}.npy").is_file():
                 missing = Path(args.official_c) / f"{name}.npy"
                 raise RichKDError(f"{missing} not found: is --official-c the extracted -C folder?")
+            open_official_c(args.official_c, name)
 
     per_model = evaluate_robustness(
         models, images, labels, mean=ds.mean, std=ds.std, corruptions=corruptions, severities=severities,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from richkd.cli_args import count_int, image_size_int, threads_int, workers_int
 from richkd.cli_vlm import TEACHER_HELP
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
@@ -48,12 +49,13 @@ def add_shift_parser(subparsers: Any) -> None:
     p.add_argument("--templates", default="imagenet80", help="richkd12 | imagenet80 | a template file")
     p.add_argument("--class-names", default="clip", choices=("torchvision", "clip"),
                    help="wording of the class names in the teacher's prompts")
-    p.add_argument("--image-size", type=int, default=224, help="checkpoints' centre crop")
-    p.add_argument("--resize-size", type=int, default=256, help="checkpoints' short-side resize before the crop")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="decode worker processes")
+    p.add_argument("--image-size", type=image_size_int, default=224, help="checkpoints' centre crop")
+    p.add_argument("--resize-size", type=image_size_int, default=256,
+                   help="checkpoints' short-side resize before the crop")
+    p.add_argument("--batch-size", type=count_int, default=128)
+    p.add_argument("--workers", type=workers_int, default=0, help="decode worker processes")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder for shift.json and shift.md")
     p.set_defaults(func=cmd_shift, interrupt_hint="nothing was written")
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from richkd.cli_args import workers_int
+
 log = logging.getLogger(__name__)
 
 IMAGENET_TRAIN_ROWS = 1_281_167  # ILSVRC-2012 train images, for the size statement
@@ -91,7 +93,7 @@ def add_stream_cache_args(cache: argparse.ArgumentParser) -> None:
     g = cache.add_argument_group("ImageNet-scale (--dataset imagenet: --root is a <wnid>/ folder or *.tar shards)")
     g.add_argument("--shard", default=None, metavar="I/N",
                    help="build only part I of N (contiguous row ranges) into OUT/parts/; the last part merges")
-    g.add_argument("--workers", type=int, default=0, help="decode worker processes (they overlap the model)")
+    g.add_argument("--workers", type=workers_int, default=0, help="decode worker processes (they overlap the model)")
     g.add_argument("--classes", default=None,
                    help="class list in head order: a file (one wnid a line) or wnid,wnid,... (default: all 1000)")
     g.add_argument("--class-names", default="torchvision", choices=("torchvision", "clip"),

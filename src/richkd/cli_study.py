@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from richkd.cli_args import count_int
+
 
 def add_study_parser(subparsers: Any) -> None:
     """Register `richkd study` on the main CLI's subparsers."""
@@ -19,7 +21,8 @@ def add_study_parser(subparsers: Any) -> None:
         epilog="The spec format is in docs/study.md. Paths in the spec are relative to the current directory.",
     )
     p.add_argument("spec", help="study spec (YAML)")
-    p.add_argument("--parallel", type=int, default=None, help="runs side by side (default: the spec's `parallel`)")
+    p.add_argument("--parallel", type=count_int, default=None,
+                   help="runs side by side (default: the spec's `parallel`)")
     p.add_argument("--only", nargs="+", default=(), metavar="ARM", help="train only these arms' runs")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the planned commands and their state; run nothing")

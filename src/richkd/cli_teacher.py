@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from richkd.cli_args import count_int, nonneg_float, pad_int, threads_int
+
 
 def add_teacher_parser(subparsers: Any) -> None:
     """Register `richkd teacher ...` on the main CLI's subparsers."""
@@ -27,18 +29,18 @@ def add_teacher_parser(subparsers: Any) -> None:
     cache.add_argument("--cache-dir", default=None, help="where decoded image-folder arrays are kept (data.cache_dir)")
     cache.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     cache.add_argument("--split", default="train")
-    cache.add_argument("--limit", type=int, default=None,
+    cache.add_argument("--limit", type=count_int, default=None,
                        help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
-    cache.add_argument("--pad", type=int, default=4, help="random-crop padding of the runs it serves (data.pad)")
+    cache.add_argument("--pad", type=pad_int, default=4, help="random-crop padding of the runs it serves (data.pad)")
     cache.add_argument("--out", required=True, help="cache directory")
-    cache.add_argument("--batch-size", type=int, default=1024, help="images (views) per teacher forward")
+    cache.add_argument("--batch-size", type=count_int, default=1024, help="images (views) per teacher forward")
     cache.add_argument("--bf16", action="store_true",
                        help="bf16 teacher forward (faster with AMX; targets then differ from an fp32 online teacher)")
     cache.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                        help="run the teacher in NHWC (faster for convolutions on CPU and GPU)")
     cache.add_argument("--device", default="cpu")
-    cache.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+    cache.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
+    cache.add_argument("--checkpoint-every", type=nonneg_float, default=30.0, metavar="SECONDS",
                        help="save progress this often (0: after every chunk); a killed build resumes from there")
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
 
@@ -46,7 +48,7 @@ def add_teacher_parser(subparsers: Any) -> None:
 def cmd_cache(args: argparse.Namespace) -> int:
     from richkd.data import load_dataset
     from richkd.data.subset import limited
-    from richkd.engine.checkpoint import load_model_file
+    from richkd.engine.checkpoint import load_model_file, read_model_file
     from richkd.engine.device import check_device
     from richkd.engine.fold import fold_batchnorm
     from richkd.engine.io import check_writable, file_sha256
@@ -64,6 +66,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
+    read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     full = load_dataset(args.dataset, args.root, args.split, download=args.download, cache_dir=cache_dir)
     ds, rows = limited(full, args.limit)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from richkd.cli_args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
 from richkd.cli_stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
 
@@ -32,9 +33,9 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--root", default=None, help="dataset root (folder or archive)")
     p.add_argument("--download", action="store_true", help="fetch CIFAR when absent (needs network)")
     p.add_argument("--split", default=split)
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=count_int, default=None,
                    help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
                    help="feed raw class names (underscores kept), as the reference code does")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA and CPUs with AMX/AVX512-BF16, where it is faster)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=count_int, default=256)
     p.add_argument("--device", default="cpu")
 
 
@@ -58,7 +59,7 @@ def add_vlm_parser(subparsers: Any) -> None:
     zs = sub.add_parser("zeroshot", help="zero-shot top-1/top-5, NLL, ECE of a teacher on a split")
     _add_data_args(zs, "test")
     _add_teacher_args(zs)
-    zs.add_argument("--logit-scale", type=float, action="append", default=None,
+    zs.add_argument("--logit-scale", type=positive_float, action="append", default=None,
                     help="logit scale(s) for NLL/ECE; repeatable (default: 1 and the model's own)")
     zs.add_argument("--out", default=None, help="write the results as JSON here")
     zs.set_defaults(func=cmd_zeroshot, interrupt_hint="nothing was written")
@@ -70,10 +71,10 @@ def add_vlm_parser(subparsers: Any) -> None:
     cache.add_argument("--views", type=_views_arg, default=0,
                        help="number of random crop/flip views beyond plain/flip, or `all`: every crop offset x flip "
                        "(162 at pad 4; --batch-size then counts images), served exactly with vlm.view_mode=matched")
-    cache.add_argument("--pad", type=int, default=4, help="random-crop padding of the runs it serves (data.pad)")
+    cache.add_argument("--pad", type=pad_int, default=4, help="random-crop padding of the runs it serves (data.pad)")
     cache.add_argument("--no-flip", dest="include_flip", action="store_false", help="omit the mirrored view")
-    cache.add_argument("--seed", type=int, default=0, help="seed of the random views' crop/flip parameters")
-    cache.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+    cache.add_argument("--seed", type=seed_int, default=0, help="seed of the random views' crop/flip parameters")
+    cache.add_argument("--checkpoint-every", type=nonneg_float, default=30.0, metavar="SECONDS",
                        help="save progress this often (0: after every batch); a killed build resumes from there")
     add_stream_cache_args(cache)
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
@@ -92,9 +93,12 @@ def _views_arg(value: str) -> int | str:
     if value == "all":
         return value
     try:
-        return int(value)
+        views = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--views takes a number or `all`, not {value!r}") from None
+    if not 0 <= views <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in [0, 4096] or `all`, got {value}")
+    return views
 
 
 def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | None]:
@@ -176,10 +180,8 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _check_out(out: str | None) -> None:
-    from richkd.engine.io import check_writable
-
     if out:
-        check_writable(Path(out).parent, "--out")
+        check_out_file(Path(out))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -24,6 +24,10 @@ from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd", "mlkd", "dist"]
 FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd"]
+SEED_MAX = 2**63 - 1  # as richkd.cli_args.SEED_MAX: torch seeds are 64-bit, with headroom for small offsets
+# The distill.* keys that weight a loss term (DKD's alpha/beta weight TCKD/NCKD, DIST's beta/gamma its inter/intra
+# relations); a method trains when one is > 0 (or when a feature term is added).
+LOSS_WEIGHTS = ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta", "gamma", "dist_weight")
 
 
 @dataclass(frozen=True)
@@ -254,7 +258,8 @@ class RunConfig:
             (o.gamma > 0, "optim.gamma must be > 0"),
             (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
             (all(m >= 1 for m in o.milestones), "optim.milestones must be epochs >= 1"),
-            (t.threads is None or t.threads >= 1, "train.threads must be >= 1"),
+            (t.threads is None or 1 <= t.threads <= 4096, "train.threads must be in [1, 4096]"),
+            (0 <= self.seed <= SEED_MAX, f"seed must be in [0, 2**63 - 1] (torch takes 64-bit seeds), got {self.seed}"),
             (t.eval_every >= 1, "train.eval_every must be >= 1"),
             (t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1"),
             (t.stop_after is None or t.stop_after >= 1, "train.stop_after must be >= 1"),
@@ -267,14 +272,21 @@ class RunConfig:
         ]
         temperature = getattr(d, "temperature", 1.0)
         checks.append((temperature > 0, f"distill.temperature must be > 0 (got {temperature})"))
-        for name in ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta", "gamma", "dist_weight",
-                     "ctkd_t_range", "ctkd_loops"):
+        for name in (*LOSS_WEIGHTS, "ctkd_t_range", "ctkd_loops"):
             value = getattr(d, name, 0.0)
             checks.append((value >= 0, f"distill.{name} must be >= 0 (got {value})"))
+        weights = [name for name in LOSS_WEIGHTS if hasattr(d, name)]
+        feature = self.feature.method is not None and (self.feature.weight is None or self.feature.weight > 0)
+        checks.append((
+            feature or any(getattr(d, name) > 0 for name in weights),
+            f"every loss weight of distill.method={d.method} is zero ({', '.join(f'distill.{w}' for w in weights)}): "
+            "nothing to train; set one > 0",
+        ))
         checks += self._feature_checks()
         for ok, message in checks:
             if not ok:
                 raise RichKDError(f"invalid config: {message}")
+        _check_ranges(self, "")
         needs_teacher = d.method != "vanilla" or self.feature.method is not None
         if needs_teacher and (self.model.teacher is None or self.model.teacher_checkpoint is None):
             method = d.method if self.feature.method is None else f"{d.method} + feature.method={self.feature.method}"
@@ -356,6 +368,31 @@ class RunConfig:
     def feature_lambda(self) -> float:
         lam = self.fusion.feature_lambda
         return self.fusion.logit_alpha if lam is None else lam
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # tensors hold these values in float32: a larger one is inf there
+INT64_MAX = 2**63 - 1  # torch sizes and indices are int64: a larger int raises "Overflow when unpacking long"
+WIDTH_MAX = 65536  # distill.embed_dim: an embedding wider than this is a typo (and gigabytes per bank row)
+
+
+def _check_ranges(node: Any, prefix: str) -> None:
+    """Every number of the config fits the types it ends up in (float32 tensors, int64 sizes), so an absurd value
+    is one line here, not an overflow inside torch."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{key}.")
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, float) and abs(item) > FLOAT32_MAX:
+                raise RichKDError(f"invalid config: {key}={item!r} is beyond float32 (|x| <= 3.4e38)")
+            if isinstance(item, int) and abs(item) > INT64_MAX:
+                raise RichKDError(f"invalid config: {key}={item} is beyond a 64-bit integer")
+    if isinstance(node, (CRDConfig, RichKDConfig)) and node.embed_dim > WIDTH_MAX:
+        raise RichKDError(f"invalid config: distill.embed_dim must be <= {WIDTH_MAX}, got {node.embed_dim}")
 
 
 # --------------------------------------------------------------------------- loading

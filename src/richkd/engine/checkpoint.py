@@ -26,9 +26,12 @@ def _torch_save_atomic(path: Path, obj: Any) -> None:
 def _torch_load(path: Path, what: str) -> Any:
     if not path.is_file():
         raise RichKDError(f"{what} not found: {path}")
+    from safetensors import SafetensorError  # torch.load hands a .safetensors file to safetensors
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+            SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RichKDError(f"{what} {path} is corrupt or not a PyTorch file ({first[:120]})") from None
 
@@ -42,6 +45,39 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "epoch" not in state or "student" not in state:
         raise RichKDError(f"checkpoint {path} is not a richkd training checkpoint")
     return state
+
+
+def restore_training_state(module: nn.Module, state: dict[str, Any], *, path: Path, key: str, arch: str) -> None:
+    """Load `state[key]` into `module` (student + distiller); a checkpoint of another student architecture (or
+    another method's extra modules) is one line naming both, not load_state_dict's page of key names."""
+    saved_arch = state.get("arch") or recorded_student(path.parent)
+    if saved_arch is not None and saved_arch != arch:
+        raise RichKDError(
+            f"--resume: {path} holds a {saved_arch} student but the config names {arch}: resume with the run's own "
+            "config.yaml, or start a new run in another out_dir"
+        )
+    try:
+        module.load_state_dict(state[key])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RichKDError(
+            f"--resume: {path} (a {saved_arch or 'student of unrecorded architecture'}) does not fit this run's "
+            f"{arch} student and distiller ({first[:120]}): resume with the run's own config.yaml"
+        ) from None
+
+
+def recorded_student(run_dir: Path) -> str | None:
+    """The student architecture a run recorded in its model_last.pt (None when there is none to read): what a
+    --resume must match, checked before anything of the run is touched."""
+    beside = run_dir / "model_last.pt"
+    if not beside.is_file():
+        return None
+    try:
+        _, info = read_model_file(beside)
+    except RichKDError:
+        return None
+    arch = info.get("arch")
+    return str(arch) if arch is not None else None
 
 
 def save_model(

@@ -23,7 +23,13 @@ from richkd.data.loader import DeviceData, epoch_batches
 from richkd.distill.base import Distiller, StrongView
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
-from richkd.engine.checkpoint import load_training_state, save_model, save_training_state, unwrap
+from richkd.engine.checkpoint import (
+    load_training_state,
+    restore_training_state,
+    save_model,
+    save_training_state,
+    unwrap,
+)
 from richkd.engine.evaluate import evaluate_model
 from richkd.engine.io import append_line, write_json_atomic, write_text_atomic
 from richkd.engine.optim import lr_at, set_lr
@@ -303,7 +309,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.jsonl"
     if resume and ckpt_path.exists():
         state = load_training_state(ckpt_path)
-        step_module.load_state_dict(state["student_and_distiller"])
+        restore_training_state(step_module, state, path=ckpt_path, key="student_and_distiller", arch=parts.arch)
         parts.optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], generator)
         start_epoch, best, wall = state["epoch"], state["best"], state["wall_s"]
@@ -366,6 +372,7 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                 ckpt_path,
                 {
                     "epoch": epoch + 1,
+                    "arch": parts.arch,
                     "student": unwrap(parts.student).state_dict(),
                     "student_and_distiller": unwrap(step_module).state_dict(),
                     "optimizer": parts.optimizer.state_dict(),

@@ -41,6 +41,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise RichKDError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise RichKDError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise RichKDError(f"config file {path} must hold a mapping at top level")
     return loaded or {}

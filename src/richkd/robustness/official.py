@@ -32,6 +32,17 @@ def load_official_c(root: str | Path, corruption: str, severity: int) -> tuple[T
     and `<root>/labels.npy` with the 5 * N labels in the same order.
     """
     check_corruption(corruption, severity)
+    images, labels = open_official_c(root, corruption)
+    n = images.shape[0] // N_SEVERITIES
+    block = slice((severity - 1) * n, severity * n)
+    x = torch.from_numpy(np.array(images[block], copy=True)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.asarray(labels[block]).astype(np.int64))
+    return x, y
+
+
+def open_official_c(root: str | Path, corruption: str) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped, checked (images, labels) arrays of one corruption: cheap, so a command can check every
+    file it will read before its first evaluation."""
     folder = Path(root).expanduser()
     images = _load_npy(folder / f"{corruption}.npy", "corruption file")
     labels = _load_npy(folder / "labels.npy", "labels file")
@@ -44,11 +55,7 @@ def load_official_c(root: str | Path, corruption: str, severity: int) -> tuple[T
         raise RichKDError(
             f"{folder / 'labels.npy'} holds {labels.dtype} {labels.shape}; expected {images.shape[0]} integer labels"
         )
-    n = images.shape[0] // N_SEVERITIES
-    block = slice((severity - 1) * n, severity * n)
-    x = torch.from_numpy(np.array(images[block], copy=True)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.asarray(labels[block]).astype(np.int64))
-    return x, y
+    return images, labels
 
 
 def load_shift_set(

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from richkd.config import SEED_MAX
 from richkd.errors import RichKDError
 from richkd.study.metrics import DEFAULT_HEADLINE_METRIC, METRICS
 
@@ -370,8 +371,8 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     name = _check_name(r, "name", r.raw["name"])
     out = r.get("out", str, None, "a folder path").rstrip("/") or "/"
     seeds = r.get("seeds", list, None, "a list of integers")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise r.error(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX for s in seeds):
+        raise r.error(f"seeds must be a non-empty list of integers in [0, 2**63 - 1], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise r.error(f"seeds {seeds!r} repeat a seed")
     parallel = r.get("parallel", int, 1, "an integer >= 1")

@@ -52,19 +52,28 @@ def content_key(meta: Mapping[str, Any]) -> dict[str, Any]:
     return as_read
 
 
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`; None for a damaged or foreign file (then the folder is not one of our caches)."""
+    try:
+        obj = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def rows_done_in(out: Path, key: dict[str, Any], array_names: tuple[str, ...], *, what: str, n_rows: int) -> int:
     """Rows already done in `out` for the recipe `key` (-1: a fresh build; n_rows: complete); raise on a mismatch.
 
     `what` names the cache kind in messages ("target cache", "teacher cache").
     """
     if (out / META_FILE).is_file():
-        done = json.loads((out / META_FILE).read_text())
-        if content_key(done) != key:
+        done = _read_object(out / META_FILE)
+        if done is None or content_key(done) != key:
             raise RichKDError(f"{out} already holds a {what} built differently: delete it or choose another --out")
         return n_rows
     if (out / PROGRESS_FILE).is_file():
-        state = json.loads((out / PROGRESS_FILE).read_text())
-        if state.get("meta") != key:
+        state = _read_object(out / PROGRESS_FILE)
+        if state is None or state.get("meta") != key:
             raise RichKDError(
                 f"{out} holds an unfinished build of a different recipe (teacher, prompts, views or data): "
                 "rerun that command to finish it, or delete the folder"

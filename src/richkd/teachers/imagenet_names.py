@@ -69,7 +69,10 @@ def read_class_list(spec: str | None) -> tuple[str, ...]:
         return imagenet_wnids()
     path = Path(spec).expanduser()
     if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise RichKDError(f"--classes {path} is not UTF-8 text (one wnid a line)") from None
         wnids = tuple(ln.strip() for ln in lines if ln.strip() and not ln.startswith("#"))
     else:
         wnids = tuple(w.strip() for w in spec.split(",") if w.strip())

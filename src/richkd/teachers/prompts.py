@@ -44,6 +44,8 @@ def load_templates(path: str | Path) -> tuple[str, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RichKDError(f"cannot read prompt templates {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RichKDError(f"prompt template file {path} is not UTF-8 text") from None
     lines = [ln.strip() for ln in text.splitlines()]
     templates = [ln for ln in lines if ln and not ln.startswith("#")]
     if not templates:

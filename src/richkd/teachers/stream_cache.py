@@ -210,7 +210,12 @@ def _read_build(path: Path) -> dict[str, Any] | None:
     f = path / BUILD_FILE
     if not f.is_file():
         return None
-    record: dict[str, Any] = json.loads(f.read_text())
+    try:
+        record = json.loads(f.read_text(errors="replace"))
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise RichKDError(f"{f} is not a JSON object: a damaged cache part; delete its folder and build it again")
     return record
 
 

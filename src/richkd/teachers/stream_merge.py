@@ -37,7 +37,12 @@ def _read_part(path: Path) -> dict[str, Any]:
             done = json.loads((path / chunked.PROGRESS_FILE).read_text()).get("rows_done", 0)
             raise RichKDError(f"cache part {path} is unfinished ({done} rows done): {PROGRESS_FILE_HINT}")
         raise RichKDError(f"{path} is not a cache part (no {BUILD_FILE}): pass the parts/part-* folders")
-    record: dict[str, Any] = json.loads(f.read_text())
+    try:
+        record = json.loads(f.read_text(errors="replace"))
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise RichKDError(f"{f} is not a JSON object: a damaged cache part; delete its folder and build it again")
     return record
 
 

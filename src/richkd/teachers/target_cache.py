@@ -269,7 +269,7 @@ def read_meta(path: str | Path) -> CacheMeta:
                 f"target cache {path} is an unfinished build: rerun the same `richkd vlm cache` command to resume it"
             )
         raise RichKDError(f"target cache {path} has no {META_FILE}: it is not a target cache; {_rebuild_hint(path)}")
-    return CacheMeta.from_json(meta_file.read_text())
+    return CacheMeta.from_json(meta_file.read_text(errors="replace"))
 
 
 class TargetCache:

@@ -138,7 +138,7 @@ class TeacherCache:
                 path / PROGRESS_FILE
             ).is_file() else f"not a teacher cache (no {META_FILE})"
             raise RichKDError(f"teacher cache {path} is {state}")
-        meta = TeacherCacheMeta.from_json((path / META_FILE).read_text(), path)
+        meta = TeacherCacheMeta.from_json((path / META_FILE).read_text(errors="replace"), path)
         arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name, shape in array_shapes(meta).items():
             try:

@@ -65,6 +65,8 @@ def load_vlm(spec: str, *, device: torch.device | str = "cpu", weights: str | No
             seed = int(arg) if arg else 0
         except ValueError:
             raise RichKDError(f"random teacher seed must be an integer, got {arg!r}") from None
+        if not 0 <= seed <= 2**63 - 1:  # torch.Generator takes 64-bit seeds (as config's SEED_MAX)
+            raise RichKDError(f"random teacher seed must be in [0, 2**63 - 1], got {arg}")
         return RandomVLM(seed=seed).to_device(device)
     if kind == "open_clip" and arg:
         from richkd.teachers.clip_openclip import OpenClipVLM

@@ -1,0 +1,109 @@
+"""Argument types for every numeric CLI option: a bad value is refused while parsing, before any file is read or
+written, as one line (`richkd: error: argument --threads: ...`) instead of a traceback from deep in torch.
+
+Each type is an argparse `type=` callable; argparse turns its ArgumentTypeError into `parser.error`, which
+`OneLineParser` prints as a single line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from richkd.config import SEED_MAX  # the config's `seed` and every --seed share one range
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, `richkd: error: ...`, exit code 2 (the CLI's rule for
+    every expected failure); `--help` is unchanged. Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("richkd").strip()
+        where = f"{command}: " if command else ""
+        print(f"richkd: error: {where}{message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer in [low, high] (high None = no upper bound)."""
+
+    def parse(text: str) -> int:
+        value = _int(text)
+        if value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {text}")
+        return value
+
+    parse.__name__ = f"int>={low}"
+    parse.bounds = (low, high)  # type: ignore[attr-defined]  # read by tests/test_bad_inputs.py
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+seed_int = int_at_least(0, SEED_MAX)
+
+
+def float_in(low: float, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
+    """A finite float in [low, high] ((low, high] with low_open; high None = no upper bound)."""
+
+    def parse(text: str) -> float:
+        value = _float(text)
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high):
+            left = "(" if low_open else "["
+            span = f"in {left}{low:g}, {high:g}]" if high is not None else (f"> {low:g}" if low_open else
+                                                                            f">= {low:g}")
+            raise argparse.ArgumentTypeError(f"must be a number {span}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    parse.bounds = (low, high, low_open)  # type: ignore[attr-defined]  # read by tests/test_bad_inputs.py
+    return parse
+
+
+positive_float = float_in(0.0, low_open=True)
+nonneg_float = float_in(0.0)
+unit_float = float_in(0.0, 1.0)
+
+# Upper bounds: values past these are typos, and would otherwise end in an overflow inside torch or numpy
+# ("Overflow when unpacking long") or an allocation no machine has.
+COUNT_MAX = 2**31 - 1  # rows, batch sizes, repeats, bins: torch indexes with 64-bit ints, but no split is this big
+threads_int = int_at_least(1, 4096)  # torch.set_num_threads(0) raises; no CPU has more than a few hundred cores
+count_int = int_at_least(1, COUNT_MAX)
+nonneg_count_int = int_at_least(0, COUNT_MAX)
+image_size_int = int_at_least(1, 4096)  # pixels per side
+pad_int = int_at_least(0, 1024)  # random-crop padding in pixels
+workers_int = int_at_least(0, 1024)  # decode worker processes
+
+
+def check_out_file(path: Path, flag: str = "--out") -> None:
+    """An output *file*: its folder must be writable and the name must not be a folder (the atomic rename onto a
+    folder fails only after the work is done)."""
+    from richkd.engine.io import check_writable
+    from richkd.errors import RichKDError
+
+    if path.is_dir():
+        raise RichKDError(f"{flag} {path} is a folder; name the file to write, e.g. {path / 'result.json'}")
+    check_writable(path.parent, flag)
