@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from richkd.data.subset import SUBSET_RULE
 from richkd.engine.io import write_atomic, write_json_atomic
 from richkd.errors import RichKDError
 from richkd.teachers import chunked
@@ -104,7 +105,9 @@ def merge_parts(parts: Sequence[Path], out: str | Path, *, delete_parts: bool = 
         if strange:
             raise RichKDError(f"{out} holds {strange[0]}, so it is no (partly) merged cache: choose another --out")
         meta_fields = {k: v for k, v in key.items() if k not in ("source_sha256", "prompt_names_sha256")}
-        meta = CacheMeta.from_json(json.dumps({**meta_fields, "created": "", "richkd_version": ""}))
+        # the key leaves subset_rule out (chunked.content_key); streamed splits are never subset: today's rule
+        meta = CacheMeta.from_json(json.dumps({**meta_fields, "subset_rule": SUBSET_RULE, "created": "",
+                                               "richkd_version": ""}))
         n, v, c, e = meta.n_rows, meta.n_views, meta.n_classes, meta.embed_dim
         chunked.check_space(out, cache_bytes(n, v, c, e), what="merged target cache")
         shapes = {"cosines.npy": (n, v, c), "image_emb.npy": (n, v, e), "aug_params.npy": (n, v, 3)}
