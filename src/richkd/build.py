@@ -113,6 +113,9 @@ def build_distiller(
         rkd_angle_weight=f.rkd_angle_weight,
         vid_init_pred_var=f.vid_init_pred_var,
         kdsvd_k=f.kdsvd_k,
+        reviewkd_warmup=f.reviewkd_warmup_epochs / cfg.train.epochs,  # a fraction of training, as DKD's warm-up
+        reviewkd_student_preact=f.reviewkd_student_preact,
+        reviewkd_max_mid_channel=f.reviewkd_max_mid_channel,
     )
     term = build_feature_term(f.method, shapes[0], shapes[1], options)
     weight = FEATURE_TERMS.get(f.method).default_weight if f.weight is None else f.weight

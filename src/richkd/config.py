@@ -22,7 +22,7 @@ import yaml
 from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd"]
-FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd"]
+FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd", "ofd", "reviewkd"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,9 @@ class FeatureConfig:
     rkd_angle_weight: float = 50.0  # rkd: weight of the angle term
     vid_init_pred_var: float = 5.0  # vid: initial predicted variance
     kdsvd_k: int = 1  # kdsvd: teacher singular vectors kept
+    reviewkd_warmup_epochs: float = 20.0  # reviewkd: linear ramp of the term over these epochs (mdistiller: 20)
+    reviewkd_student_preact: bool = False  # reviewkd: fuse the student's pre-ReLU maps (mdistiller ImageNet: true)
+    reviewkd_max_mid_channel: int = 512  # reviewkd: ABF width = min(this, the student's pooled width)
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,8 @@ class RunConfig:
             (f.rkd_distance_weight >= 0 and f.rkd_angle_weight >= 0, "feature.rkd_*_weight must be >= 0"),
             (f.vid_init_pred_var > 0, "feature.vid_init_pred_var must be > 0"),
             (f.kdsvd_k >= 1, "feature.kdsvd_k must be >= 1"),
+            (f.reviewkd_warmup_epochs >= 0, "feature.reviewkd_warmup_epochs must be >= 0"),
+            (f.reviewkd_max_mid_channel >= 1, "feature.reviewkd_max_mid_channel must be >= 1"),
             (
                 f.method is None or self.model.teacher_cache is None,
                 f"feature.method={f.method} reads the teacher's feature maps, which a teacher cache does not hold: "

@@ -36,7 +36,9 @@ class WithFeature(Distiller):
         self, student: ModelOutput, teacher: TeacherTargets | None, batch: Batch, progress: float
     ) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = self.base(student, teacher, batch, progress)
-        terms[self.key] = self.weight * self.term(student, require_teacher(teacher, self.term.label))
+        term = self.term(student, require_teacher(teacher, self.term.label))
+        ramp = self.term.ramp(progress)
+        terms[self.key] = self.weight * (term if ramp == 1.0 else ramp * term)
         return terms
 
     def describe(self) -> str:
