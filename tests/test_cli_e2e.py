@@ -303,3 +303,22 @@ def test_richkd_l_plus_a_feature_method_through_the_cli(work: dict[str, Path]) -
     assert run["teacher_targets"].endswith("FitNet(hint=2): the teacher's own features (never fused)")
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["train/loss_fitnet"] > 0 and first["train/loss_kd"] > 0 and first["train/loss_ce"] > 0
+
+
+@pytest.mark.parametrize(
+    "method, feature, key, label",
+    [("richkd-l", "reviewkd", "reviewkd", " + 5*ReviewKD(warmup=0)"), ("kd", "ofd", "ofd", " + 0.001*OFD")],
+)
+def test_pre_activation_feature_methods_through_the_cli(
+    work: dict[str, Path], method: str, feature: str, key: str, label: str
+) -> None:
+    """OFD and ReviewKD read the loaded teacher's pre-ReLU maps (and, for OFD, its BN statistics) on real images.
+    No warm-up, so the ReviewKD term is on from the first step."""
+    out = work["base"] / f"{method}_{feature}"
+    args = distil_args(work, out, "train.epochs=1", "train.max_steps_per_epoch=2", "data.test_limit=40")
+    args = [a for a in args if not a.startswith("distill.")]
+    richkd("train", "--method", method, *args, f"feature.method={feature}", "feature.reviewkd_warmup_epochs=0")
+    run = json.loads((out / "run.json").read_text())
+    assert run["loss"].endswith(label), run["loss"]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first[f"train/loss_{key}"] > 0 and first["train/loss_ce"] > 0

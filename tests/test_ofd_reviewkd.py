@@ -230,3 +230,33 @@ def test_reviewkd_ramps_over_its_warmup_epochs_and_presets_name_both_methods() -
     with pytest.raises(RichKDError, match="reviewkd_warmup_epochs"):
         load_config(None, ["feature.reviewkd_warmup_epochs=-1"], dataset="cifar100", pair="resnet32x4-resnet8x4",
                     method="reviewkd")
+
+
+def test_a_bn_folded_teacher_keeps_its_preacts_and_bn_statistics() -> None:
+    """build.py folds the frozen teacher's BNs into its convs; the pre-ReLU maps must survive (same function) and
+    the BN statistics OFD's margin reads must be those of the unfolded model (the CLI run found this)."""
+    from richkd.engine.fold import fold_batchnorm
+    from richkd.models.base import keep_bn_statistics
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    folded = fold_batchnorm(model)
+    keep_bn_statistics(model, folded)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        want, got = model.eval()(x), folded(x)
+    for a, b in zip(want.preact_stages, got.preact_stages, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # float32 re-association of the folded convs
+    table = feature_shapes(folded, 32)
+    expected = model.bn_before_relu()
+    assert len(table.bn_before_relu) == len(expected) == 3
+    for a, b in zip(table.bn_before_relu, expected, strict=True):
+        assert torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+    assert len(build_feature_term("ofd", feature_shapes(model, 32), table, FeatureOptions()).margins()) == 3

@@ -32,6 +32,7 @@ from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
+from richkd.models.base import keep_bn_statistics
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.teachers.target_cache import TargetCache
 from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
@@ -62,6 +63,7 @@ def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device
         classes=classes,
     )
     teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
+    keep_bn_statistics(model, teacher)  # folding removes the BNs; OFD's margin reads their statistics
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if cfg.train.compile:  # frozen forward: compiling fuses its BatchNorm/ReLU/add into the convolutions

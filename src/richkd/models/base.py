@@ -102,6 +102,15 @@ class FeatureShapes:
     bn_before_relu: tuple[BNStats, ...] = field(default=(), compare=False)
 
 
+BN_STATS_ATTR = "bn_before_relu_stats"  # where a wrapped or BN-folded zoo model keeps its `bn_before_relu()`
+
+
+def keep_bn_statistics(source: ZooModel, target: nn.Module) -> None:
+    """Give `target` (e.g. `source` with its BatchNorms folded into the convs) `source`'s BN statistics before each
+    ReLU, which folding removes from the modules but OFD's margin still needs."""
+    setattr(target, BN_STATS_ATTR, source.bn_before_relu())
+
+
 def feature_shapes(model: nn.Module, image_size: int) -> FeatureShapes:
     """Measure a model's stage shapes with one dry forward of a zero image (as mdistiller's get_feat_shapes).
 
@@ -117,7 +126,7 @@ def feature_shapes(model: nn.Module, image_size: int) -> FeatureShapes:
     finally:
         model.train(was_training)
     stages = tuple((int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in out.stages)
-    bns = model.bn_before_relu() if isinstance(model, ZooModel) else ()
+    bns = model.bn_before_relu() if isinstance(model, ZooModel) else getattr(model, BN_STATS_ATTR, ())
     return FeatureShapes(image_size=image_size, stages=stages, pooled=int(out.pooled.shape[1]), bn_before_relu=bns)
 
 

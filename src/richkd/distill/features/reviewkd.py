@@ -102,7 +102,7 @@ class ReviewKD(FeatureTerm):
         self.abfs = nn.ModuleList(abfs[::-1])
         self.student_preact = opts.reviewkd_student_preact
         self.warmup = float(opts.reviewkd_warmup)
-        self.label = f"ReviewKD(warmup={self.warmup:g})"
+        self.label = f"ReviewKD(warmup={self.warmup:.3g})"  # a fraction of training
 
     def ramp(self, progress: float) -> float:
         return 1.0 if self.warmup == 0 else min(progress / self.warmup, 1.0)
