@@ -127,6 +127,6 @@ def _build(student: FeatureShapes, teacher: FeatureShapes, opts: FeatureOptions)
 
 FEATURE_TERMS.register("reviewkd")(
     FeatureTermSpec(
-        _build, default_weight=5.0, paper="Chen et al., CVPR 2021", taps="stages[1:]+pooled; T preact"
+        _build, default_weight=5.0, paper="Chen et al., CVPR 2021", taps="stages[1:]+pooled"
     )
 )
