@@ -126,7 +126,9 @@ def feature_shapes(model: nn.Module, image_size: int) -> FeatureShapes:
     finally:
         model.train(was_training)
     stages = tuple((int(f.shape[1]), int(f.shape[2]), int(f.shape[3])) for f in out.stages)
-    bns = model.bn_before_relu() if isinstance(model, ZooModel) else getattr(model, BN_STATS_ATTR, ())
+    bns: tuple[BNStats, ...] = getattr(model, BN_STATS_ATTR, ())  # kept through BN folding (keep_bn_statistics)
+    if not bns and isinstance(model, ZooModel):
+        bns = model.bn_before_relu()
     return FeatureShapes(image_size=image_size, stages=stages, pooled=int(out.pooled.shape[1]), bn_before_relu=bns)
 
 

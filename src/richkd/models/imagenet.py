@@ -192,7 +192,9 @@ class MobileNetV1(ZooModel):
         stages, preacts = [], []
         for i, layer in enumerate(self.model):
             if i in _MOBILENET_V1_STAGE_ENDS:
-                pre = cast(nn.Sequential, layer)[:-1](x)
+                pre = x
+                for sub in list(cast(nn.Sequential, layer))[:-1]:  # not a slice: fx (BN folding) traces submodules
+                    pre = sub(pre)
                 x = F.relu(pre)  # not the in-place ReLU module: `pre` is kept
                 stages.append(x)
                 preacts.append(pre)

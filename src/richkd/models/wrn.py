@@ -73,7 +73,9 @@ class NetworkBlock(nn.Module):
         """The stage given `pre` = first_bn()(x)."""
         first = self.layer[0]
         assert isinstance(first, WideBasicBlock)
-        out: Tensor = self.layer[1:](first.forward_from(x, pre))
+        out: Tensor = first.forward_from(x, pre)
+        for block in list(self.layer)[1:]:  # not a slice: fx (BN folding) traces installed submodules only
+            out = block(out)
         return out
 
 
