@@ -342,3 +342,22 @@ def test_mlkd_fusion_dist_ls_and_ctkd_through_the_cli(work: dict[str, Path]) -> 
     temps = [r["ctkd/temperature"] for r in records]
     assert all(1.0 < t < 21.0 for t in temps) and temps[0] != temps[1], temps  # learned, inside [1, 21]
     assert "CTKD(" in json.loads((out / "run.json").read_text())["loss"]
+
+
+@pytest.mark.parametrize(
+    "method, feature, key, label",
+    [("richkd-l", "reviewkd", "reviewkd", " + 5*ReviewKD(warmup=0)"), ("kd", "ofd", "ofd", " + 0.001*OFD")],
+)
+def test_pre_activation_feature_methods_through_the_cli(
+    work: dict[str, Path], method: str, feature: str, key: str, label: str
+) -> None:
+    """OFD and ReviewKD read the loaded teacher's pre-ReLU maps (and, for OFD, its BN statistics) on real images.
+    No warm-up, so the ReviewKD term is on from the first step."""
+    out = work["base"] / f"{method}_{feature}"
+    args = distil_args(work, out, "train.epochs=1", "train.max_steps_per_epoch=2", "data.test_limit=40")
+    args = [a for a in args if not a.startswith("distill.")]
+    richkd("train", "--method", method, *args, f"feature.method={feature}", "feature.reviewkd_warmup_epochs=0")
+    run = json.loads((out / "run.json").read_text())
+    assert run["loss"].endswith(label), run["loss"]
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first[f"train/loss_{key}"] > 0 and first["train/loss_ce"] > 0

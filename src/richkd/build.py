@@ -53,6 +53,7 @@ from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
+from richkd.models.base import keep_bn_statistics
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.teachers.target_cache import TargetCache
 from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
@@ -83,6 +84,7 @@ def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device
         classes=classes,
     )
     teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
+    keep_bn_statistics(model, teacher)  # folding removes the BNs; OFD's margin reads their statistics
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if cfg.train.compile:  # frozen forward: compiling fuses its BatchNorm/ReLU/add into the convolutions
@@ -138,6 +140,9 @@ def build_distiller(
         rkd_angle_weight=f.rkd_angle_weight,
         vid_init_pred_var=f.vid_init_pred_var,
         kdsvd_k=f.kdsvd_k,
+        reviewkd_warmup=f.reviewkd_warmup_epochs / cfg.train.epochs,  # a fraction of training, as DKD's warm-up
+        reviewkd_student_preact=f.reviewkd_student_preact,
+        reviewkd_max_mid_channel=f.reviewkd_max_mid_channel,
     )
     term = build_feature_term(f.method, shapes[0], shapes[1], options)
     weight = FEATURE_TERMS.get(f.method).default_weight if f.weight is None else f.weight

@@ -23,7 +23,7 @@ import yaml
 from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd", "mlkd", "dist"]
-FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd"]
+FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd", "ofd", "reviewkd"]
 SEED_MAX = 2**63 - 1  # as richkd.cli_args.SEED_MAX: torch seeds are 64-bit, with headroom for small offsets
 # The distill.* keys that weight a loss term (DKD's alpha/beta weight TCKD/NCKD, DIST's beta/gamma its inter/intra
 # relations); a method trains when one is > 0 (or when a feature term is added).
@@ -192,6 +192,9 @@ class FeatureConfig:
     rkd_angle_weight: float = 50.0  # rkd: weight of the angle term
     vid_init_pred_var: float = 5.0  # vid: initial predicted variance
     kdsvd_k: int = 1  # kdsvd: teacher singular vectors kept
+    reviewkd_warmup_epochs: float = 20.0  # reviewkd: linear ramp of the term over these epochs (mdistiller: 20)
+    reviewkd_student_preact: bool = False  # reviewkd: fuse the student's pre-ReLU maps (mdistiller ImageNet: true)
+    reviewkd_max_mid_channel: int = 512  # reviewkd: ABF width = min(this, the student's pooled width)
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,8 @@ class RunConfig:
             (f.rkd_distance_weight >= 0 and f.rkd_angle_weight >= 0, "feature.rkd_*_weight must be >= 0"),
             (f.vid_init_pred_var > 0, "feature.vid_init_pred_var must be > 0"),
             (f.kdsvd_k >= 1, "feature.kdsvd_k must be >= 1"),
+            (f.reviewkd_warmup_epochs >= 0, "feature.reviewkd_warmup_epochs must be >= 0"),
+            (f.reviewkd_max_mid_channel >= 1, "feature.reviewkd_max_mid_channel must be >= 1"),
             (
                 f.method is None or self.model.teacher_cache is None,
                 f"feature.method={f.method} reads the teacher's feature maps, which a teacher cache does not hold: "

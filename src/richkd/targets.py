@@ -17,3 +17,4 @@ class TeacherTargets(NamedTuple):
     pooled: Tensor | None  # [B, D_t] conventional teacher pooled features
     clip: ClipTargets | None  # raw vision-language outputs, for feature fusion
     stages: tuple[Tensor, ...] | None = None  # the teacher's stage maps (online teacher only), for feature terms
+    preact_stages: tuple[Tensor, ...] | None = None  # the same before their ReLU (online teacher only): OFD, ReviewKD

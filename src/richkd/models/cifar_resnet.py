@@ -6,10 +6,21 @@ Module names follow the reference, so its checkpoints load with `strict=True` an
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ModelFactory, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import (
+    MODELS,
+    BNStats,
+    ModelFactory,
+    ZooModel,
+    bn_stats,
+    global_avg_pool,
+    init_conv_kaiming,
+    stage_with_preact,
+)
 from richkd.models.output import ModelOutput
 
 Widths = tuple[int, int, int, int]  # stem, stage 1, stage 2, stage 3
@@ -53,10 +64,15 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        pre = out + shortcut
+        return F.relu(pre), pre
 
 
 def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -66,7 +82,8 @@ def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Seq
 
 
 class CifarResNet(ZooModel):
-    """Stages: stem output, then each stage's post-ReLU output (32, 32, 16, 8 px), as mdistiller's feats."""
+    """Stages: stem output, then each stage's post-ReLU output (32, 32, 16, 8 px), as mdistiller's feats.
+    Pre-activations: the stem output, then each stage's last residual sum; BN before ReLU: that block's bn2."""
 
     def __init__(self, depth: int, widths: Widths, num_classes: int) -> None:
         if depth < 8 or (depth - 2) % 6 != 0:
@@ -83,11 +100,14 @@ class CifarResNet(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
+        f1, p1 = stage_with_preact(self.layer1, f0)
+        f2, p2 = stage_with_preact(self.layer2, f1)
+        f3, p3 = stage_with_preact(self.layer3, f2)
         pooled = global_avg_pool(f3)  # [B, D]
-        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3))
+        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3), (f0, p1, p2, p3))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        return tuple(bn_stats(cast(BasicBlock, stage[-1]).bn2) for stage in (self.layer1, self.layer2, self.layer3))
 
 
 def _factory(depth: int, widths: Widths) -> ModelFactory:

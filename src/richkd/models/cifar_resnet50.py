@@ -7,10 +7,20 @@ Module names follow the reference (`layerN.i.shortcut`, `linear`), so its checkp
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import (
+    MODELS,
+    BNStats,
+    ZooModel,
+    bn_stats,
+    global_avg_pool,
+    init_conv_kaiming,
+    stage_with_preact,
+)
 from richkd.models.output import ModelOutput
 
 _EXPANSION = 4
@@ -38,14 +48,20 @@ class Bottleneck(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        pre = out + self.shortcut(x)
+        return F.relu(pre), pre
 
 
 class CifarBottleneckResNet(ZooModel):
-    """Stages: stem output, then each stage's post-ReLU output (32, 32, 16, 8, 4 px), as mdistiller."""
+    """Stages: stem output, then each stage's post-ReLU output (32, 32, 16, 8, 4 px), as mdistiller.
+    Pre-activations: the stem output, then each stage's last residual sum; BN before ReLU: that block's bn3."""
 
     def __init__(self, stage_blocks: tuple[int, int, int, int], num_classes: int) -> None:
         planes = (64, 128, 256, 512)
@@ -67,12 +83,16 @@ class CifarBottleneckResNet(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
+        f1, p1 = stage_with_preact(self.layer1, f0)
+        f2, p2 = stage_with_preact(self.layer2, f1)
+        f3, p3 = stage_with_preact(self.layer3, f2)
+        f4, p4 = stage_with_preact(self.layer4, f3)
         pooled = global_avg_pool(f4)  # [B, D]
-        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3, f4))
+        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3, f4), (f0, p1, p2, p3, p4))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return tuple(bn_stats(cast(Bottleneck, s[-1]).bn3) for s in stages)
 
 
 @MODELS.register("resnet50")

@@ -11,10 +11,20 @@ plain `resnet50` stays the CIFAR model.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import (
+    MODELS,
+    BNStats,
+    ZooModel,
+    bn_stats,
+    global_avg_pool,
+    init_conv_kaiming,
+    stage_with_preact,
+)
 from richkd.models.output import ModelOutput
 
 
@@ -32,10 +42,18 @@ class BasicBlock(nn.Module):
         self.downsample = _projection(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        pre = out + identity
+        return F.relu(pre), pre
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
 
 
 class Bottleneck(nn.Module):
@@ -54,11 +72,19 @@ class Bottleneck(nn.Module):
         self.downsample = _projection(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the sum before the final ReLU)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        pre = out + identity
+        return F.relu(pre), pre
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
@@ -74,7 +100,9 @@ class ImageNetResNet(ZooModel):
     """7x7/2 stem + 3x3/2 max-pool, four stages, global average pool, `fc`.
 
     Stages: the post-ReLU stem (before the max-pool, 112 px at 224 input, as mdistiller's `feats[0]`), then
-    each stage's output (56, 28, 14, 7 px).
+    each stage's output (56, 28, 14, 7 px). Pre-activations: the stem output, then each stage's last residual
+    sum; BN before ReLU: that block's bn2 (basic) or bn3 (bottleneck), for layer1 too (mdistiller lists only
+    layer2-4, and aligns the last ones, so the maps OFD pairs get the same BNs).
     """
 
     def __init__(
@@ -99,12 +127,16 @@ class ImageNetResNet(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(self.maxpool(f0))
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
+        f1, p1 = stage_with_preact(self.layer1, self.maxpool(f0))
+        f2, p2 = stage_with_preact(self.layer2, f1)
+        f3, p3 = stage_with_preact(self.layer3, f2)
+        f4, p4 = stage_with_preact(self.layer4, f3)
         pooled = global_avg_pool(f4)  # [B, D]
-        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3, f4))
+        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3, f4), (f0, p1, p2, p3, p4))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)
+        return tuple(bn_stats(cast(BasicBlock | Bottleneck, s[-1]).last_bn()) for s in stages)
 
 
 # (out_channels, stride) of MobileNetV1's 13 depthwise-separable blocks (Howard et al. 2017, Table 1).
@@ -139,7 +171,9 @@ class MobileNetV1(ZooModel):
     classes). The reference pools with a fixed AvgPool2d(7), i.e. 224 px input only; ours pools adaptively,
     which is the same at 224 px and also runs at other sizes.
 
-    Stages: the outputs of blocks 3, 5, 11 and 13 (128/256/512/1024 channels), as mdistiller's `feats`.
+    Stages: the outputs of blocks 3, 5, 11 and 13 (128/256/512/1024 channels), as mdistiller's `feats`;
+    pre-activations: the same blocks' pointwise BN outputs, before their last ReLU (mdistiller's `preact_feats`,
+    which has no stem entry either); BN before ReLU: those BNs of blocks 5, 11, 13 (for `preact_stages[1:]`).
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -155,13 +189,23 @@ class MobileNetV1(ZooModel):
         init_conv_kaiming(self)
 
     def forward(self, x: Tensor) -> ModelOutput:
-        stages = []
+        stages, preacts = [], []
         for i, layer in enumerate(self.model):
-            x = layer(x)
             if i in _MOBILENET_V1_STAGE_ENDS:
+                pre = x
+                for sub in list(cast(nn.Sequential, layer))[:-1]:  # not a slice: fx (BN folding) traces submodules
+                    pre = sub(pre)
+                x = F.relu(pre)  # not the in-place ReLU module: `pre` is kept
                 stages.append(x)
+                preacts.append(pre)
+            else:
+                x = layer(x)
         pooled = global_avg_pool(x)  # [B, 1024]
-        return ModelOutput(self.fc(pooled), pooled, tuple(stages))
+        return ModelOutput(self.fc(pooled), pooled, tuple(stages), tuple(preacts))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        blocks = (cast(nn.Sequential, self.model[i]) for i in _MOBILENET_V1_STAGE_ENDS[1:])
+        return tuple(bn_stats(cast(nn.BatchNorm2d, b[4])) for b in blocks)
 
 
 @MODELS.register("resnet18_imagenet")

@@ -8,9 +8,11 @@ block keeps its expand-1 pointwise conv. Module names follow the reference (`con
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import MODELS, BNStats, ZooModel, bn_stats, global_avg_pool, init_conv_kaiming
 from richkd.models.output import ModelOutput
 
 # (expansion, output channels at width 1, blocks, first stride); expansion None means "the model's T"
@@ -58,7 +60,13 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(ZooModel):
-    """Stages: stem output, then the outputs of blocks 1, 2, 4 and 6 (16, 8, 4, 2 px), as mdistiller."""
+    """Stages: stem output, then the outputs of blocks 1, 2, 4 and 6 (16, 8, 4, 2 px), as mdistiller.
+
+    Pre-activations: mdistiller gives none (its OFD/ReviewKD cannot use a MobileNetV2 teacher). Its stage maps are
+    the linear bottlenecks' outputs, which no ReLU follows, so they are their own pre-activations; the BN before
+    "ReLU" is each stage's last block's projection BN (`conv[-1]`, mdistiller's `get_bn_before_relu`), which, as
+    for a ResNet's last bn2, ignores the residual added after it.
+    """
 
     def __init__(self, num_classes: int, *, expansion: int = 6, width_mult: float = 0.5) -> None:
         in_channels = int(32 * width_mult)
@@ -90,7 +98,17 @@ class MobileNetV2(ZooModel):
             if i in _STAGE_BLOCKS:
                 stages.append(out)
         pooled = global_avg_pool(self.conv2(out))  # [B, D]
-        return ModelOutput(self.classifier(pooled), pooled, tuple(stages))
+        return ModelOutput(self.classifier(pooled), pooled, tuple(stages), tuple(stages))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        return tuple(bn_stats(cast(nn.BatchNorm2d, self._last_block(i).conv[-1])) for i in _STAGE_BLOCKS)
+
+    def _last_block(self, i: int) -> InvertedResidual:
+        block = self.blocks[i]
+        assert isinstance(block, nn.Sequential)
+        last = block[-1]
+        assert isinstance(last, InvertedResidual)
+        return last
 
 
 @MODELS.register("mobilenetv2")

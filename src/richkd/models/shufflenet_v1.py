@@ -11,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ZooModel, global_avg_pool
+from richkd.models.base import (
+    MODELS,
+    BNStats,
+    ZooModel,
+    bn_stats,
+    concat_stats,
+    global_avg_pool,
+    nonnegative_stats,
+    stage_with_preact,
+)
 from richkd.models.output import ModelOutput
 
 _STEM_CHANNELS = 24
@@ -43,16 +52,30 @@ class ShuffleUnit(nn.Module):
         self.shortcut: nn.Module = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the concatenation or sum before the final ReLU: mdistiller's preact)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = self.shortcut(x)
-        return F.relu(torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut)
+        pre = torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut
+        return F.relu(pre), pre
+
+    def preact_stats(self) -> BNStats:
+        """bn3 (as a ResNet's last BN, the shortcut sum ignored); with stride 2 the concatenated pooled shortcut
+        is a ReLU output, non-negative (mdistiller defines no BN before ReLU for ShuffleNets)."""
+        stats = bn_stats(self.bn3)
+        if self.stride != 2:
+            return stats
+        return concat_stats(stats, nonnegative_stats(self.conv1.in_channels, stats.mean))
 
 
 class ShuffleNetV1(ZooModel):
-    """Stages: stem output, then each stage's post-ReLU output (16, 8, 4 px), as mdistiller's feats."""
+    """Stages: stem output, then each stage's post-ReLU output (16, 8, 4 px), as mdistiller's feats.
+    Pre-activations: the stem output, then each stage's last unit before its ReLU (mdistiller's preact_feats)."""
 
     def __init__(
         self,
@@ -82,11 +105,15 @@ class ShuffleNetV1(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
+        f1, p1 = stage_with_preact(self.layer1, f0)
+        f2, p2 = stage_with_preact(self.layer2, f1)
+        f3, p3 = stage_with_preact(self.layer3, f2)
         pooled = global_avg_pool(f3)  # [B, D]
-        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3))
+        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3), (f0, p1, p2, p3))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        units = (self.layer1[-1], self.layer2[-1], self.layer3[-1])
+        return tuple(u.preact_stats() for u in units if isinstance(u, ShuffleUnit))
 
 
 def _first_groups(in_planes: int, groups: int) -> int:

@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ZooModel, global_avg_pool
+from richkd.models.base import (
+    MODELS,
+    BNStats,
+    ZooModel,
+    bn_stats,
+    concat_stats,
+    global_avg_pool,
+    nonnegative_stats,
+    stage_with_preact,
+)
 from richkd.models.output import ModelOutput
 from richkd.models.shufflenet_v1 import channel_shuffle
 
@@ -33,12 +42,28 @@ class SplitUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(half)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_pre(x)[0]
+
+    def forward_pre(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(output, the same shuffled concatenation with bn3's output before its ReLU)."""
         half = x.shape[1] // 2
         kept, branch = x[:, :half], x[:, half:]
         branch = F.relu(self.bn1(self.conv1(branch)))
         branch = self.bn2(self.conv2(branch))
-        branch = F.relu(self.bn3(self.conv3(branch)))
-        return channel_shuffle(torch.cat([kept, branch], 1), 2)
+        pre_branch = self.bn3(self.conv3(branch))
+        branch = F.relu(pre_branch)
+        return channel_shuffle(torch.cat([kept, branch], 1), 2), channel_shuffle(torch.cat([kept, pre_branch], 1), 2)
+
+    def preact_stats(self) -> BNStats:
+        """The kept half is already a ReLU output (non-negative); the other half is bn3's; shuffled as the map."""
+        stats = bn_stats(self.bn3)
+        both = concat_stats(nonnegative_stats(self.bn3.num_features, stats.mean), stats)
+        return BNStats(_shuffle_channels(both.mean), _shuffle_channels(both.std))
+
+
+def _shuffle_channels(v: Tensor) -> Tensor:
+    """channel_shuffle(·, 2) applied to a per-channel vector."""
+    return channel_shuffle(v.view(1, -1, 1, 1), 2).view(-1)
 
 
 class DownUnit(nn.Module):
@@ -69,7 +94,13 @@ class DownUnit(nn.Module):
 
 
 class ShuffleNetV2(ZooModel):
-    """Stages: stem output, then each stage's output (16, 8, 4 px), as mdistiller's feats."""
+    """Stages: stem output, then each stage's output (16, 8, 4 px), as mdistiller's feats.
+
+    Pre-activations: the stem output, then each stage's last unit with its branch taken before the ReLU, shuffled
+    like the output (mdistiller concatenates without the shuffle, so its preact channels do not line up with its
+    feats). mdistiller has no BN before ReLU for ShuffleNets; here it is bn3 on the branch half and the point mass
+    N(0, 0) on the kept half, which is already a ReLU output.
+    """
 
     def __init__(
         self,
@@ -99,11 +130,15 @@ class ShuffleNetV2(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(f0)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
+        f1, p1 = stage_with_preact(self.layer1, f0)
+        f2, p2 = stage_with_preact(self.layer2, f1)
+        f3, p3 = stage_with_preact(self.layer3, f2)
         pooled = global_avg_pool(F.relu(self.bn2(self.conv2(f3))))  # [B, D]
-        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3))
+        return ModelOutput(self.linear(pooled), pooled, (f0, f1, f2, f3), (f0, p1, p2, p3))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        units = (self.layer1[-1], self.layer2[-1], self.layer3[-1])
+        return tuple(u.preact_stats() for u in units if isinstance(u, SplitUnit))
 
 
 @MODELS.register("shufflev2")

@@ -7,10 +7,12 @@ with `strict=True`: each block is conv-BN-ReLU repeated, without the last ReLU, 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ModelFactory, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import MODELS, BNStats, ModelFactory, ZooModel, bn_stats, global_avg_pool, init_conv_kaiming
 from richkd.models.output import ModelOutput
 
 BlockWidths = tuple[tuple[int, ...], ...]  # five blocks, the conv widths within each
@@ -33,7 +35,8 @@ def _make_block(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
 
 
 class CifarVGG(ZooModel):
-    """Stages: the post-ReLU output of each of the five blocks, as mdistiller's feats."""
+    """Stages: the post-ReLU output of each of the five blocks, as mdistiller's feats. Pre-activations: block 0's
+    output (as mdistiller), then blocks 1-4 before their last ReLU; BN before ReLU: those blocks' last BN."""
 
     def __init__(self, block_widths: BlockWidths, num_classes: int) -> None:
         if len(block_widths) != 5:
@@ -56,14 +59,22 @@ class CifarVGG(ZooModel):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = F.relu(self.block0(x))
-        f1 = F.relu(self.block1(self.pool(f0)))
-        f2 = F.relu(self.block2(self.pool(f1)))
-        f3 = F.relu(self.block3(self.pool(f2)))
+        p1 = self.block1(self.pool(f0))
+        f1 = F.relu(p1)
+        p2 = self.block2(self.pool(f1))
+        f2 = F.relu(p2)
+        p3 = self.block3(self.pool(f2))
+        f3 = F.relu(p3)
         # The reference pools before block4 only for 64 px inputs (Tiny-ImageNet), so that block4 always
         # sees 4x4 maps; at 32 px block3's output is already 4x4.
-        f4 = F.relu(self.block4(self.pool(f3) if f3.shape[-2] >= 8 else f3))
+        p4 = self.block4(self.pool(f3) if f3.shape[-2] >= 8 else f3)
+        f4 = F.relu(p4)
         pooled = global_avg_pool(f4)  # [B, D]
-        return ModelOutput(self.classifier(pooled), pooled, (f0, f1, f2, f3, f4))
+        return ModelOutput(self.classifier(pooled), pooled, (f0, f1, f2, f3, f4), (f0, p1, p2, p3, p4))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        blocks = (self.block1, self.block2, self.block3, self.block4)
+        return tuple(bn_stats(cast(nn.BatchNorm2d, b[-1])) for b in blocks)
 
 
 def _factory(block_widths: BlockWidths) -> ModelFactory:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from richkd.models.base import MODELS, ModelFactory, ZooModel, global_avg_pool, init_conv_kaiming
+from richkd.models.base import MODELS, BNStats, ModelFactory, ZooModel, bn_stats, global_avg_pool, init_conv_kaiming
 from richkd.models.output import ModelOutput
 
 # name -> (depth, widen factor)
@@ -40,7 +40,11 @@ class WideBasicBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        act = F.relu(self.bn1(x))
+        return self.forward_from(x, self.bn1(x))
+
+    def forward_from(self, x: Tensor, pre: Tensor) -> Tensor:
+        """The block given `pre` = bn1(x), computed once by the caller that also keeps it as a pre-activation."""
+        act = F.relu(pre)
         out: Tensor = self.conv2(F.relu(self.bn2(self.conv1(act))))
         shortcut: Tensor = x if self.convShortcut is None else self.convShortcut(act)
         return shortcut + out
@@ -60,9 +64,28 @@ class NetworkBlock(nn.Module):
         out: Tensor = self.layer(x)
         return out
 
+    def first_bn(self) -> nn.BatchNorm2d:
+        first = self.layer[0]
+        assert isinstance(first, WideBasicBlock)
+        return first.bn1
+
+    def forward_from(self, x: Tensor, pre: Tensor) -> Tensor:
+        """The stage given `pre` = first_bn()(x)."""
+        first = self.layer[0]
+        assert isinstance(first, WideBasicBlock)
+        out: Tensor = first.forward_from(x, pre)
+        for block in list(self.layer)[1:]:  # not a slice: fx (BN folding) traces installed submodules only
+            out = block(out)
+        return out
+
 
 class WideResNet(ZooModel):
-    """Stages: stem conv output, then each stage's output (pre-activation by construction), as mdistiller."""
+    """Stages: stem conv output, then each stage's output (pre-activation by construction), as mdistiller.
+
+    Pre-activations (mdistiller): the stem output, then each stage's output through the BN that the next
+    pre-activation block (or the head's `bn1`) applies before its ReLU; those BNs are the BN before ReLU. Each is
+    computed once and fed on, so BatchNorm statistics update exactly as without the seam.
+    """
 
     def __init__(self, depth: int, widen_factor: int, num_classes: int) -> None:
         if depth < 10 or (depth - 4) % 6 != 0:
@@ -82,10 +105,16 @@ class WideResNet(ZooModel):
     def forward(self, x: Tensor) -> ModelOutput:
         f0 = self.conv1(x)
         f1 = self.block1(f0)
-        f2 = self.block2(f1)
-        f3 = self.block3(f2)
-        pooled = global_avg_pool(F.relu(self.bn1(f3)))  # [B, D]
-        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3))
+        p1 = self.block2.first_bn()(f1)
+        f2 = self.block2.forward_from(f1, p1)
+        p2 = self.block3.first_bn()(f2)
+        f3 = self.block3.forward_from(f2, p2)
+        p3 = self.bn1(f3)
+        pooled = global_avg_pool(F.relu(p3))  # [B, D]
+        return ModelOutput(self.fc(pooled), pooled, (f0, f1, f2, f3), (f0, p1, p2, p3))
+
+    def bn_before_relu(self) -> tuple[BNStats, ...]:
+        return (bn_stats(self.block2.first_bn()), bn_stats(self.block3.first_bn()), bn_stats(self.bn1))
 
 
 def _factory(depth: int, widen_factor: int) -> ModelFactory:

@@ -37,7 +37,10 @@ class OnlineTeacher:
         with torch.no_grad():
             out = self.model(batch.images)
         stages = tuple(f.float() for f in out.stages)
-        return TeacherTargets(logits=out.logits.float(), pooled=out.pooled.float(), clip=None, stages=stages)
+        preacts = tuple(f.float() for f in out.preact_stages)
+        return TeacherTargets(
+            logits=out.logits.float(), pooled=out.pooled.float(), clip=None, stages=stages, preact_stages=preacts
+        )
 
 
 class FusedTargets:
@@ -76,8 +79,8 @@ class FusedTargets:
     def __call__(self, batch: Batch) -> TeacherTargets:
         t = self.teacher(batch)
         if not self.use_vlm or self.cache is None:
-            return TeacherTargets(logits=self.logit_alpha * t.logits, pooled=t.pooled, clip=None, stages=t.stages)
+            return t._replace(logits=self.logit_alpha * t.logits, clip=None)
         views = batch.views if self.vlm_view is None else torch.full_like(batch.views, self.vlm_view)
         clip = self.cache.lookup(self.cache_rows(batch.indices), views)
         fused = fuse_logits(t.logits, clip.cosines, self.logit_alpha, self.vlm_logit_scale)  # [B, C]
-        return TeacherTargets(logits=fused, pooled=t.pooled, clip=clip, stages=t.stages)
+        return t._replace(logits=fused, clip=clip)  # stage maps pass through unfused

@@ -27,7 +27,9 @@ __all__ = [
     "FeatureTerm",
     "FeatureTermSpec",
     "match_spatial",
+    "student_preacts",
     "teacher_pooled",
+    "teacher_preacts",
     "teacher_stages",
 ]
 
@@ -45,6 +47,9 @@ class FeatureOptions:
     vid_init_pred_var: float = 5.0  # VID: initial predicted variance
     vid_eps: float = 1e-5  # VID: variance floor
     kdsvd_k: int = 1  # KDSVD: singular vectors kept of the teacher
+    reviewkd_warmup: float = 0.0  # ReviewKD: linear ramp over this fraction of training (build.py: epochs ratio)
+    reviewkd_student_preact: bool = False  # ReviewKD: fuse the student's pre-ReLU maps (mdistiller ImageNet: True)
+    reviewkd_max_mid_channel: int = 512  # ReviewKD: ABF width = min(this, the student's pooled width)
 
 
 class FeatureTerm(nn.Module):
@@ -54,6 +59,10 @@ class FeatureTerm(nn.Module):
 
     def forward(self, student: ModelOutput, teacher: TeacherTargets) -> Tensor:
         raise NotImplementedError
+
+    def ramp(self, progress: float) -> float:
+        """The term's schedule factor at `progress` in [0, 1] (1 = none; ReviewKD warms up)."""
+        return 1.0
 
     if TYPE_CHECKING:  # nn.Module.__call__ is typed Any; this keeps the loss a Tensor downstream
 
@@ -82,6 +91,20 @@ def teacher_stages(teacher: TeacherTargets, method: str) -> tuple[Tensor, ...]:
             f"{method} reads the teacher's stage maps, which only the online teacher gives: drop model.teacher_cache"
         )
     return teacher.stages
+
+
+def teacher_preacts(teacher: TeacherTargets, method: str) -> tuple[Tensor, ...]:
+    if not teacher.preact_stages:
+        raise RichKDError(
+            f"{method} reads the teacher's pre-ReLU maps, which only the online teacher gives: drop model.teacher_cache"
+        )
+    return teacher.preact_stages
+
+
+def student_preacts(student: ModelOutput, method: str) -> tuple[Tensor, ...]:
+    if len(student.preact_stages) != len(student.stages):
+        raise RichKDError(f"{method} reads the student's pre-ReLU maps, but the student gives none")
+    return student.preact_stages
 
 
 def teacher_pooled(teacher: TeacherTargets, method: str) -> Tensor:

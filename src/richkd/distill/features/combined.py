@@ -44,7 +44,9 @@ class WithFeature(Distiller):
         """The feature term reads the weak (plain-augmented) view only, as the reference feature methods do."""
         extra = {} if strong is None else {"strong": strong}
         terms: dict[str, Tensor] = self.base(student, teacher, batch, progress, **extra)
-        terms[self.key] = self.weight * self.term(student, require_teacher(teacher, self.term.label))
+        term = self.term(student, require_teacher(teacher, self.term.label))
+        ramp = self.term.ramp(progress)
+        terms[self.key] = self.weight * (term if ramp == 1.0 else ramp * term)
         return terms
 
     def log_values(self) -> dict[str, float]:
