@@ -2,7 +2,8 @@
 anything is submitted (a fake SLURM on PATH, and the real one); the local executor's `--parallel 2` against
 `--parallel 1`; and end to end on a REAL single-node SLURM (scripts/slurm_local.sh: Debian's slurm-wlm + munge,
 started once for the session, stopped at its end): a teacher prepare step and a 2 arms x 2 seeds grid as sbatch
-jobs, one run scancelled mid-run then resubmitted by the study, every run and table equal to the local executor's.
+jobs, one run scancelled mid-run then resubmitted by the study, one preempted (USR2) and requeued by its own job,
+every run and table equal to the local executor's.
 """
 
 from __future__ import annotations
@@ -156,17 +157,17 @@ def _same_run(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def local_p1(tiny_cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The grid run with the local executor, one run at a time: the reference (3 epochs: the SLURM test needs a
-    checkpoint before the end to cancel a run at)."""
+    """The grid run with the local executor, one run at a time: the reference (5 epochs: the SLURM test needs
+    checkpoints before the end to cancel and preempt runs at)."""
     tmp = tmp_path_factory.mktemp("local")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    assert main(["study", str(_grid(tmp, tiny_cifar10, "p1", epochs=3)), "--parallel", "1"]) == 0
+    assert main(["study", str(_grid(tmp, tiny_cifar10, "p1", epochs=5)), "--parallel", "1"]) == 0
     return tmp / "p1"
 
 
 @pytest.mark.shared_data
 def test_local_parallel_2_gives_the_tables_of_parallel_1(local_p1: Path, tiny_cifar10: Path, tmp_path: Path) -> None:
-    assert main(["study", str(_grid(tmp_path, tiny_cifar10, "p2", epochs=3)), "--parallel", "2"]) == 0
+    assert main(["study", str(_grid(tmp_path, tiny_cifar10, "p2", epochs=5)), "--parallel", "2"]) == 0
     p2 = tmp_path / "p2"
     assert _tables(p2) == _tables(local_p1)
     for key in RUNS:
@@ -231,7 +232,7 @@ def test_real_slurm_bad_input_submits_nothing(
 def test_real_slurm_grid_cancelled_run_resumes_identical_to_local(
     slurm_cluster: None, local_p1: Path, tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = _grid(tmp_path, tiny_cifar10, "sl", epochs=3, executor="slurm",
+    spec = _grid(tmp_path, tiny_cifar10, "sl", epochs=5, executor="slurm",
                  resources={"partition": "debug", "cpus": 1, "time_min": 10})
     out = tmp_path / "sl"
     assert main(["study", str(spec)]) == 0
@@ -248,36 +249,47 @@ def test_real_slurm_grid_cancelled_run_resumes_identical_to_local(
         assert f"job {jobs[key]}" in status
     assert "queued" in status
 
-    # cancel the first run that has a checkpoint (an epoch done) and is not finished
-    victim = None
+    # the first run that has a checkpoint (an epoch done) and is not finished is cancelled (scancel: the job is gone,
+    # the study must resubmit it); the second is preempted (SLURM's warning signal USR2, as at a time limit or a
+    # preemption: the job checkpoints and requeues itself)
+    victims: list[str] = []
     deadline = time.monotonic() + 240
-    while victim is None and time.monotonic() < deadline:
-        for key in RUNS:
+    while len(victims) < 2 and time.monotonic() < deadline:
+        for key in (k for k in RUNS if k not in victims):
             r = _run(out, key)
             if (r / "checkpoint.pt").is_file() and not (r / "summary.json").is_file():
-                victim = key
+                victims.append(key)
+                signal = [] if len(victims) == 1 else ["--signal=USR2"]
+                subprocess.run(["scancel", *signal, jobs[key]], check=True)
                 break
         else:
             time.sleep(0.02)
-    assert victim is not None, "no run reached a checkpoint"
-    subprocess.run(["scancel", jobs[victim]], check=True)
-    while jobs[victim] in _squeue():
-        time.sleep(0.2)
-    assert not (_run(out, victim) / "summary.json").is_file(), "the run finished before the cancel took effect"
+    assert len(victims) == 2, f"fewer than two runs were caught between a checkpoint and the end: {victims}"
+    cancelled, preempted = victims
+    while jobs[cancelled] in _squeue():
+        time.sleep(0.1)
+    while _squeue().get(jobs[preempted]) != "PENDING":  # requeued by its own job
+        time.sleep(0.1)
+    # SLURM holds a requeued job ~2 min (BeginTime); start it now so the test stays short
+    subprocess.run(["scontrol", "update", f"JobId={jobs[preempted]}", "StartTime=now"], check=True)
+    assert not (_run(out, cancelled) / "summary.json").is_file(), "the run finished before the cancel took effect"
     assert main(["study", str(spec), "--status"]) == 0
     status = capsys.readouterr().out
-    assert any(line.split()[:3] == [*victim.rsplit("_", 1), "failed"] and f"log {out / 'logs'}" in line
+    assert any(line.split()[:3] == [*cancelled.rsplit("_", 1), "failed"] and f"log {out / 'logs'}" in line
                for line in status.splitlines()), status
 
     # wait for the others, then rerun: only the cancelled run is submitted again, and it resumes
-    while any(jobs[k] in _squeue() for k in jobs if k != victim):
+    while any(jobs[k] in _squeue() for k in jobs if k != cancelled):
         time.sleep(0.5)
     assert main(["study", str(spec), "--wait"]) == 0
     said = capsys.readouterr().out
-    assert said.count("  submitted ") == 1 and f"(seeds {victim.rsplit('_s', 1)[1]})" in said, said
-    starts = _starts(out / "logs" / f"{victim}.log")
-    assert len(starts) == 2 and "start (resume)" in starts[1] and "--resume" in starts[1], starts
-    for key in (k for k in RUNS if k != victim):
+    assert said.count("  submitted ") == 1 and f"(seeds {cancelled.rsplit('_s', 1)[1]})" in said, said
+    for key in victims:
+        starts = _starts(out / "logs" / f"{key}.log")
+        assert len(starts) == 2 and "start (resume)" in starts[1] and "--resume" in starts[1], starts
+    again = _starts(out / "logs" / f"{preempted}.log")  # requeued: the same job both times
+    assert all(f"slurm job {jobs[preempted]}:" in line for line in again), again
+    for key in (k for k in RUNS if k not in victims):
         assert len(_starts(out / "logs" / f"{key}.log")) == 1, key
 
     for key in RUNS:

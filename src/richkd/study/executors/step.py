@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,14 +50,16 @@ class StepRun:
         if self.done():
             return f"{self.key}: done before"
         cmd = self.command()
-        job = os.environ.get("SLURM_JOB_ID", "?")
+        env_ = os.environ  # an array task's id as squeue and jobs.json write it: ARRAYJOB_TASK
+        job = (f"{env_['SLURM_ARRAY_JOB_ID']}_{env_['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env_
+               else env_.get("SLURM_JOB_ID", "?"))
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a", buffering=1) as fh:
             state = "resume" if "--resume" in cmd else "new"
             fh.write(f"--- {_now()} start ({state}) slurm job {job}: {' '.join(cmd)}\n")
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    cwd=self.cwd)
+                                    cwd=self.cwd, preexec_fn=_ignore_warning_signal)
             _CHILD[:] = [proc]
             code = proc.wait()
             fh.write(f"--- {_now()} exit {code}\n")
@@ -69,14 +72,30 @@ class StepRun:
         from submitit.helpers import DelayedSubmission
 
         for proc in _CHILD:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _stop(proc.pid)
         return DelayedSubmission(self)
+
+
+def _ignore_warning_signal() -> None:
+    """In the training process: SLURM sends its warning signal (USR2) to every process of the job; only the job's
+    submitit process acts on it, and stops the training with SIGINT at a clean point."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _stop(pid: int, timeout_s: float = 60.0) -> None:
+    """SIGINT the training and reap it (os.waitpid, not Popen.wait: this runs in a signal handler that interrupted
+    Popen.wait, whose lock is held), SIGKILL after `timeout_s`."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):  # already gone and reaped
+        return
 
 
 def _now() -> str:
