@@ -275,7 +275,7 @@ def test_real_slurm_grid_cancelled_run_resumes_identical_to_local(
     assert not (_run(out, cancelled) / "summary.json").is_file(), "the run finished before the cancel took effect"
     assert main(["study", str(spec), "--status"]) == 0
     status = capsys.readouterr().out
-    assert any(line.split()[:3] == [*cancelled.rsplit("_", 1), "failed"] and f"log {out / 'logs'}" in line
+    assert any(line.split()[:3] == [*cancelled.rsplit("_", 1), "failed"] and f"see {out / 'logs'}" in line
                for line in status.splitlines()), status
 
     # wait for the others, then rerun: only the cancelled run is submitted again, and it resumes
@@ -297,3 +297,56 @@ def test_real_slurm_grid_cancelled_run_resumes_identical_to_local(
     assert _tables(out) == _tables(local_p1)
     assert main(["study", str(spec), "--status"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "study tiny: 5 done"
+
+
+@pytest.mark.slurm
+@pytest.mark.shared_data
+def test_real_slurm_failed_teacher_fails_its_runs_with_log_paths(
+    slurm_cluster: None, tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _grid(tmp_path, tiny_cifar10, "bad", executor="slurm", resources={"cpus": 1, "time_min": 5})
+    raw = yaml.safe_load(spec.read_text())
+    raw["prepare"][0]["argv"].append("model.student=nosuchnet")
+    raw["seeds"] = [0]
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["study", str(spec), "--wait"]) == 1
+    said = capsys.readouterr().out
+    out = tmp_path / "bad"
+    log = out / "logs" / "prepare_teacher.log"
+    assert "FAILED prepare teacher (job " in said and "unknown model 'nosuchnet'" in said and f"see {log}" in said
+    # the runs waited on the teacher (afterok) and were dropped with it, never started
+    assert "FAILED vanilla s0 (job " in said and "FAILED kd s0 (job " in said and said.count("never started") == 2
+    assert not (out / "runs" / "vanilla" / "s0").exists()
+
+
+# ---------------------------------------------------------------- what a job asks for and runs
+
+
+def test_sbatch_lines_come_from_the_resources_block(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    from richkd.study.executors.slurm import _executor
+
+    spec = parse_spec({**_base(tmp_path / "out"), "executor": "slurm",
+                       "resources": {"partition": "gpu", "gpus": 8, "cpus": 64, "mem_gb": 480, "time_min": 2880,
+                                     "account": "kd", "qos": "high", "sbatch": ["--constraint=a100", "--exclusive"]}},
+                      "s.yaml")
+    text = _executor(spec, "kd", ["101", "102"])._make_submission_file_text("python -m x", "u")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=8", "#SBATCH --cpus-per-task=64",
+                 "#SBATCH --mem=491520MB", "#SBATCH --time=2880", "#SBATCH --account=kd", "#SBATCH --qos=high",
+                 "#SBATCH --constraint=a100", "#SBATCH --exclusive", "#SBATCH --dependency=afterok:101:102",
+                 "#SBATCH --kill-on-invalid-dep=yes", "#SBATCH --job-name=t.kd", "#SBATCH --signal=USR2@120"):
+        assert line in text.splitlines(), (line, text)
+
+
+def test_a_multi_gpu_job_trains_under_torchrun_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from richkd.study.executors.step import StepRun
+
+    step = StepRun(key="kd_s0", argv=("train", "seed=0"), log=str(tmp_path / "l.log"), cwd=str(tmp_path), threads=4,
+                   gpus=8, run_dir=str(tmp_path / "run"), creates=str(tmp_path / "run" / "summary.json"))
+    assert step.command()[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m"]
+    assert step.command()[-2:] == ["train", "seed=0"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    assert step.command()[-1] == "--resume"
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    assert step() == "kd_s0: done before" and not (tmp_path / "l.log").exists()

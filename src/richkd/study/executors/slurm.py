@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from richkd.engine.io import write_json_atomic
 from richkd.errors import RichKDError
 from richkd.study.executors.step import StepRun
-from richkd.study.grid import DONE, Job, arm_jobs, check_arm_records, prepare_jobs
+from richkd.study.grid import DONE, Job, arm_jobs, check_arm_records, log_tail, prepare_jobs
 from richkd.study.spec import ResourcesSpec, StudySpec, substitute
 
 __all__ = ["Partition", "StepStatus", "check_cluster", "format_status", "step_status", "submit_study", "wait_study"]
@@ -150,9 +150,17 @@ def format_status(spec: StudySpec, only: Sequence[str] = ()) -> str:
     for r in rows:
         line = f"  {r.label:<24} {r.state:<12} job {r.job_id or '-'}"
         if r.state == FAILED:
-            line += f"  log {r.log}" + (f" and {_submitit_log(spec, r.job_id)}" if r.job_id else "")
+            line += f"  {_why(spec, r)}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _why(spec: StudySpec, r: StepStatus) -> str:
+    """Where to look for a failed step: its log's last line and path, or why it has none."""
+    if not r.log.is_file():
+        return "never started (a step it depends on failed, or it was cancelled while queued)"
+    last = (log_tail(r.log, 1) or ["no output"])[-1].strip()
+    return f"{last}; see {r.log}" + (f" and {_submitit_log(spec, r.job_id)}" if r.job_id else "")
 
 
 def _submitit_log(spec: StudySpec, job_id: str) -> Path:
@@ -256,6 +264,5 @@ def wait_study(spec: StudySpec, only: Sequence[str], console: TextIO, poll_s: fl
         time.sleep(poll_s)
     failed = [r for r in rows if r.state == FAILED]
     for r in failed:
-        print(f"  FAILED {r.label} (job {r.job_id}); see {r.log}"
-              + (f" and {_submitit_log(spec, r.job_id)}" if r.job_id else ""), file=console, flush=True)
+        print(f"  FAILED {r.label} (job {r.job_id}): {_why(spec, r)}", file=console, flush=True)
     return failed
