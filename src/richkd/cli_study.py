@@ -47,10 +47,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise RichKDError(f"--parallel must be >= 1, got {args.parallel}")
     parallel = args.parallel or spec.parallel
+    executor = args.executor or spec.executor
     if args.dry_run:
         print(describe_plan(spec, parallel=parallel, only=args.only))
+        if executor == "slurm":
+            r = spec.resources
+            print(f"executor slurm: each step not done is one job (a job array per arm, after the prepare jobs), "
+                  f"each with partition {r.partition or '(default)'}, {r.cpus} CPUs, {r.gpus} GPUs, "
+                  f"{'mem ' + format(r.mem_gb, 'g') + ' GB' if r.mem_gb else 'default memory'}, {r.time_min} min")
         return 0
-    executor = args.executor or spec.executor
     if args.status:
         from richkd.study.executors.slurm import format_status
 
