@@ -155,12 +155,20 @@ def _same_run(a: Path, b: Path) -> None:
         assert ka[key] == kb[key], key
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One thread a run and a private cache folder, for this module's runs (sbatch passes them on to the jobs)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        mp.setenv("RICHKD_CACHE", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def local_p1(tiny_cifar10: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The grid run with the local executor, one run at a time: the reference (5 epochs: the SLURM test needs
     checkpoints before the end to cancel and preempt runs at)."""
     tmp = tmp_path_factory.mktemp("local")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     assert main(["study", str(_grid(tmp, tiny_cifar10, "p1", epochs=5)), "--parallel", "1"]) == 0
     return tmp / "p1"
 
