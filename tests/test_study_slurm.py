@@ -219,7 +219,6 @@ def _starts(log: Path) -> list[str]:
 
 
 @pytest.mark.slurm
-@pytest.mark.shared_data
 def test_real_slurm_bad_input_submits_nothing(
     slurm_cluster: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
