@@ -12,8 +12,9 @@ fi
 # Pin the CPU build explicitly: a bare `torch` requirement may pull a multi-GB CUDA build.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.14.1") on a GPU machine.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-# export: onnx + onnxruntime, ~10 s; imagenet: simplejpeg (faster JPEG decode, same pixels as Pillow)
-.venv/bin/python -m pip install -q -e ".[dev,surrogate,export,imagenet]"
+# export: onnx + onnxruntime, ~10 s; imagenet: simplejpeg (faster JPEG decode, same pixels as Pillow);
+# cluster: submitit (the study's slurm executor)
+.venv/bin/python -m pip install -q -e ".[dev,surrogate,export,imagenet,cluster]"
 # Optional system packages: tcmalloc (faster CPU training) and Fashion-MNIST (the demo's default data).
 APT_PKGS="libtcmalloc-minimal4 dataset-fashion-mnist"
 if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $APT_PKGS >/dev/null 2>&1; then

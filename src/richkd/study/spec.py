@@ -21,7 +21,8 @@ from richkd.config import SEED_MAX
 from richkd.errors import RichKDError
 from richkd.study.metrics import DEFAULT_HEADLINE_METRIC, METRICS
 
-__all__ = ["AnalysisSpec", "ArmSpec", "HeadlineSpec", "PrepareSpec", "RobustnessSpec", "StudySpec", "load_spec",
+__all__ = ["AnalysisSpec", "ArmSpec", "HeadlineSpec", "PrepareSpec", "ResourcesSpec", "RobustnessSpec",
+           "StudySpec", "load_spec",
            "parse_spec", "split_argv"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -87,6 +88,20 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class ResourcesSpec:
+    """What each SLURM job of the study asks for (`executor: slurm`); `gpus` > 1 runs the job's training as DDP."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    gpus: int = 0  # per job (one node)
+    cpus: int = 1  # per job
+    mem_gb: float | None = None
+    time_min: int = 60
+    account: str | None = None
+    qos: str | None = None
+    sbatch: tuple[str, ...] = ()  # extra `#SBATCH` options, each --key=value or --flag
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     out: str
@@ -101,6 +116,8 @@ class StudySpec:
     headline: tuple[HeadlineSpec, ...] = ()
     alpha: float = 0.05  # family-wise error rate of the headline family
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    executor: str = "local"  # local | slurm
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
 
     @property
     def out_path(self) -> Path:
@@ -362,7 +379,30 @@ def _headline(r: _Reader, arms: Mapping[str, ArmSpec]) -> tuple[HeadlineSpec, ..
 
 
 TOP_KEYS = ("name", "title", "out", "seeds", "parallel", "threads", "common", "prepare", "arms", "compare", "headline",
-            "alpha", "analysis")
+            "alpha", "analysis", "executor", "resources")
+EXECUTORS = ("local", "slurm")
+
+
+def _resources(reader: _Reader, raw: Any) -> ResourcesSpec:
+    if raw is None:
+        return ResourcesSpec()
+    r = _Reader(reader.source, raw, "resources", ("partition", "gpus", "cpus", "mem_gb", "time_min", "account", "qos",
+                                                  "sbatch"))
+    counts = {key: r.get(key, int, default, "an integer") for key, default in
+              (("gpus", 0), ("cpus", 1), ("time_min", 60))}
+    if counts["gpus"] < 0 or counts["cpus"] < 1 or counts["time_min"] < 1:
+        raise r.error(f"resources: gpus must be >= 0, cpus and time_min >= 1, got {counts}")
+    mem = r.get("mem_gb", (int, float), None, "a number of GB")
+    if mem is not None and mem <= 0:
+        raise r.error(f"resources.mem_gb must be > 0, got {mem}")
+    sbatch = r.strings("sbatch")
+    bad = [line for line in sbatch if not re.fullmatch(r"--[A-Za-z][A-Za-z0-9-]*(=\S.*)?", line)]
+    if bad:
+        raise r.error(f"resources.sbatch {bad[0]!r}: give each extra sbatch option as --key=value or --flag")
+    return ResourcesSpec(partition=r.get("partition", str, None, "a partition name"), gpus=counts["gpus"],
+                         cpus=counts["cpus"], mem_gb=None if mem is None else float(mem), time_min=counts["time_min"],
+                         account=r.get("account", str, None, "an account name"),
+                         qos=r.get("qos", str, None, "a QOS name"), sbatch=sbatch)
 
 
 def parse_spec(raw: Any, source: str) -> StudySpec:
@@ -390,7 +430,11 @@ def parse_spec(raw: Any, source: str) -> StudySpec:
     alpha = float(r.get("alpha", (int, float), 0.05, "a number in (0, 1)"))
     if not 0.0 < alpha < 1.0:
         raise r.error(f"alpha must be in (0, 1), got {alpha}")
+    executor = r.get("executor", str, "local", "local or slurm")
+    if executor not in EXECUTORS:
+        raise r.error(f"executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     return StudySpec(
+        executor=executor, resources=_resources(r, r.raw.get("resources")),
         name=name, out=out, seeds=tuple(seeds), arms=arms, title=r.get("title", str, None, "a string"),
         parallel=parallel, threads=threads, common=common, prepare=_prepare(r), compare=compare,
         headline=_headline(r, arms), alpha=alpha, analysis=_analysis(r, r.raw.get("analysis"), arms, seeds),
