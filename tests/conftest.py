@@ -164,3 +164,16 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     folder.chmod(0o555)
     yield folder
     folder.chmod(0o755)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny steps: two threads on a busy 2-core machine were 10x slower than one. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

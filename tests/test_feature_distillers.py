@@ -27,12 +27,7 @@ TOL = 1e-5
 B = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _maps(seed: int, shapes: list[tuple[int, int, int]], positive: bool = True) -> tuple[torch.Tensor, ...]:

@@ -10,7 +10,6 @@ its margin to float32 too.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -32,12 +31,7 @@ TOL = 1e-5
 B = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

@@ -7,8 +7,6 @@ BN affine parameters are randomised first, so a wrong BN (or a default-initialis
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,13 +14,7 @@ import torch.nn.functional as F
 from richkd.models import create_model, feature_shapes, model_names
 from richkd.models.shufflenet_v1 import channel_shuffle
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _last(keys: list[str], prefix: str) -> int:

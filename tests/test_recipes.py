@@ -40,13 +40,7 @@ REQUIRED_METHODS |= {f"{m}{arm}" for m in ("mlkd", "dist", "ctkd") for arm in ("
 REQUIRED_METHODS |= {"mlkd-ls", "mlkd-reference", "dkd-ctkd", "richkd-l-ctkd"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny steps: two threads on a busy 2-core machine were 10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_required_method_has_a_preset() -> None:
