@@ -7,6 +7,7 @@ L_j = mean k(f_T, f_T) + mean k(f_S, f_S) − 2 mean k(f_S, f_T); L = Σ_j L_j. 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -26,8 +27,9 @@ __all__ = ["NST", "nst_loss"]
 
 
 def _poly_kernel(a: Tensor, b: Tensor) -> Tensor:
-    """[B, C_a, N], [B, C_b, N] -> [B, C_b, C_a] of (a_i · b_j)²."""
-    return (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2)
+    """[B, C_a, N], [B, C_b, N] -> [B, C_b, C_a] of (a_i · b_j)², as one batched matmul (mdistiller's broadcast
+    product materialises [B, C_b, C_a, N] first: 6.9x a KD step at resnet32x4 -> resnet8x4 on 2 CPU cores)."""
+    return torch.bmm(b, a.transpose(1, 2)).pow(2)
 
 
 def nst_loss(student_maps: tuple[Tensor, ...], teacher_maps: tuple[Tensor, ...]) -> Tensor:
