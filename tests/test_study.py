@@ -388,16 +388,23 @@ def test_study_killed_mid_grid_then_rerun_skips_finished_runs(
     proc = subprocess.Popen([sys.executable, "-m", "richkd", "study", str(spec)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
+    kids: set[int] = set()
+
     def ready() -> bool:
+        """Two runs done and a third one's training process alive (its log is opened before the process starts,
+        so the log alone was a race: the kill could find no child)."""
+        nonlocal kids
         done = [key for key, r in runs.items() if (r / "summary.json").is_file()]
         started = [key for key in runs if (out / "logs" / f"{key}.log").is_file()]
-        return len(done) >= 2 and len(started) > len(done)
+        if not (len(done) >= 2 and len(started) > len(done)):
+            return False
+        kids = descendants(proc.pid)
+        return bool(kids)
 
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not ready():
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-    kids = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if proc.stderr:
