@@ -177,3 +177,17 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(before)
 
+
+def randomise_bn_affine(model: Any, generator: Any, *, running_var: bool = False) -> None:
+    """Standard-normal BN weights and biases (signs mixed: OFD's margin and the pre-ReLU BN choice are then visible),
+    optionally a running variance in [0.5, 1.5): per module, in that order of draws."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.randn(m.num_features, generator=generator))
+                m.bias.copy_(torch.randn(m.num_features, generator=generator))
+                if running_var:
+                    m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+

@@ -17,6 +17,7 @@ import torch
 from scipy import integrate
 from scipy.stats import norm
 
+from conftest import randomise_bn_affine
 from richkd.config import load_config
 from richkd.data.batch import Batch
 from richkd.distill.features import FeatureOptions, WithFeature, build_feature_term
@@ -236,12 +237,7 @@ def test_a_bn_folded_teacher_keeps_its_preacts_and_bn_statistics(name: str) -> N
     torch.manual_seed(0)
     model = create_model(name, 10)
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    randomise_bn_affine(model, g, running_var=True)
     folded = fold_batchnorm(model)
     keep_bn_statistics(model, folded)
     x = torch.randn(2, 3, 32, 32, generator=g)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import randomise_bn_affine
 from richkd.models import create_model, feature_shapes, model_names
 from richkd.models.shufflenet_v1 import channel_shuffle
 
@@ -51,11 +52,7 @@ def test_every_model_exposes_preacts_and_the_bn_before_each_relu(name: str) -> N
     torch.manual_seed(0)
     model = create_model(name, 10)
     g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    randomise_bn_affine(model, g)
     model.eval()
     size = 64 if name.endswith("_imagenet") else 32
     with torch.no_grad():
