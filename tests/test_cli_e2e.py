@@ -85,6 +85,27 @@ def distil_args(work: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
+def _cli_cache(work: dict[str, Path], name: str, *, seed: int) -> Path:
+    """A plain target cache of the training images built by `richkd vlm cache` (a seeded random teacher)."""
+    cache = work["base"] / name
+    richkd("vlm", "cache", "--dataset", "imagefolder", "--root", str(work["archive"]), "--split", "train",
+           "--teacher", f"random:{seed}", "--out", str(cache), "--threads", "1", "--batch-size", "64")
+    return cache
+
+
+def _short_distil_args(work: dict[str, Path]) -> list[str]:
+    """Data, models and the trained teacher of a short resnet8 -> resnet8 run on 40 test images."""
+    return [
+        *COMMON,
+        f"data.root={work['archive']}",
+        f"data.cache_dir={work['base'] / 'dc'}",
+        "data.test_limit=40",
+        "model.student=resnet8",
+        "model.teacher=resnet8",
+        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
+    ]
+
+
 def test_teacher_run_directory(work: dict[str, Path]) -> None:
     run = work["teacher"]
     for name in (
@@ -259,17 +280,9 @@ def test_richkd_from_a_cache_built_by_the_cli_with_matched_views(work: dict[str,
 
 def test_dkd_and_ls_kd_on_fused_targets_from_a_cli_cache(work: dict[str, Path]) -> None:
     """Fusion is a switch of every distiller: DKD+fusion and LS-KD+fusion through `richkd train --method`."""
-    cache = work["base"] / "cli_cache_plain"
-    richkd("vlm", "cache", "--dataset", "imagefolder", "--root", str(work["archive"]), "--split", "train",
-           "--teacher", "random:2", "--out", str(cache), "--threads", "1", "--batch-size", "64")
+    cache = _cli_cache(work, "cli_cache_plain", seed=2)
     common = [
-        *COMMON,
-        f"data.root={work['archive']}",
-        f"data.cache_dir={work['base'] / 'dc'}",
-        "data.test_limit=40",
-        "model.student=resnet8",
-        "model.teacher=resnet8",
-        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
+        *_short_distil_args(work),
         f"vlm.cache={cache}",
         "train.epochs=1",
         "train.max_steps_per_epoch=2",
@@ -308,19 +321,8 @@ def test_richkd_l_plus_a_feature_method_through_the_cli(work: dict[str, Path]) -
 def test_mlkd_fusion_dist_ls_and_ctkd_through_the_cli(work: dict[str, Path]) -> None:
     """Issue 22 end to end on the real images: MLKD + fusion from a `richkd vlm cache` cache (both views fused),
     DIST + logit standardisation, and CTKD's learned temperature logged per epoch."""
-    cache = work["base"] / "cli_cache_logit"
-    richkd("vlm", "cache", "--dataset", "imagefolder", "--root", str(work["archive"]), "--split", "train",
-           "--teacher", "random:3", "--out", str(cache), "--threads", "1", "--batch-size", "64")
-    common = [
-        *COMMON,
-        f"data.root={work['archive']}",
-        f"data.cache_dir={work['base'] / 'dc'}",
-        "data.test_limit=40",
-        "model.student=resnet8",
-        "model.teacher=resnet8",
-        f"model.teacher_checkpoint={work['teacher'] / 'model_last.pt'}",
-        "train.max_steps_per_epoch=2",
-    ]
+    cache = _cli_cache(work, "cli_cache_logit", seed=3)
+    common = [*_short_distil_args(work), "train.max_steps_per_epoch=2"]
     out = work["base"] / "mlkd-fusion"
     richkd("train", "--method", "mlkd-fusion", *common, f"vlm.cache={cache}", "train.epochs=1", f"out_dir={out}")
     run = json.loads((out / "run.json").read_text())
