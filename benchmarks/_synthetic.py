@@ -23,6 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from richkd.caches import chunked
+from richkd.caches.build_teacher import build_teacher_cache, plan_teacher_cache
+from richkd.caches.target import TargetCache, write_random_cache
+from richkd.caches.teacher import TeacherCache, array_shapes
 from richkd.data.arrays import ArrayDataset
 from richkd.data.batch import Batch
 from richkd.data.subset import limited
@@ -31,11 +35,7 @@ from richkd.engine.fold import fold_batchnorm
 from richkd.engine.optim import build_optimizer
 from richkd.engine.trainer import StepModule
 from richkd.models import create_model
-from richkd.teachers import chunked
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher
-from richkd.teachers.target_cache import TargetCache, write_random_cache
-from richkd.teachers.teacher_cache import TeacherCache, array_shapes
-from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)

@@ -45,10 +45,10 @@ from _synthetic import (  # noqa: E402
     write_json,
 )
 
+from richkd.caches.teacher import CachedTeacher  # noqa: E402
 from richkd.data.loader import DeviceData  # noqa: E402
 from richkd.engine.batches import BatchMaker  # noqa: E402
 from richkd.engine.trainer import FitParts, Schedule, fit  # noqa: E402
-from richkd.teachers.teacher_cache import CachedTeacher  # noqa: E402
 
 GOAL_EPOCHS = 240
 GOAL_S = {"online": 15 * 60, "cached": 5 * 60}

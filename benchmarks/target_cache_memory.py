@@ -38,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import environment, write_json  # noqa: E402
 
+from richkd.caches.target import CacheMeta, TargetCache  # noqa: E402
 from richkd.data.views import exact_view_names  # noqa: E402
-from richkd.teachers.target_cache import CacheMeta, TargetCache  # noqa: E402
 
 CIFAR10_TRAIN_ROWS = 50_000
 MODES = ("old", "resident", "mmap")

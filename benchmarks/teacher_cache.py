@@ -43,11 +43,11 @@ from _synthetic import (  # noqa: E402
 )
 
 from richkd.build import resolve_bf16  # noqa: E402
+from richkd.caches.teacher import CachedTeacher  # noqa: E402
 from richkd.data.batch import Batch  # noqa: E402
 from richkd.data.loader import DeviceData, epoch_batches, reference_loader  # noqa: E402
 from richkd.engine.batches import BatchMaker  # noqa: E402
 from richkd.engine.trainer import train_step  # noqa: E402
-from richkd.teachers.teacher_cache import CachedTeacher  # noqa: E402
 
 
 def _cycle_rows(n: int, batch: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

@@ -31,11 +31,11 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _synthetic import environment  # noqa: E402
 
+from richkd.caches.build_target import _encode_batch  # noqa: E402
 from richkd.data import load_dataset  # noqa: E402
 from richkd.data.subset import limited  # noqa: E402
 from richkd.engine.io import write_json_atomic  # noqa: E402
 from richkd.teachers import surrogate  # noqa: E402
-from richkd.teachers.cache_builder import _encode_batch  # noqa: E402
 from richkd.teachers.prompts import DEFAULT_TEMPLATES  # noqa: E402
 from richkd.teachers.surrogate import SOFTMAX_TEMPERATURE, SurrogateVLM  # noqa: E402
 from richkd.teachers.zero_shot import class_embeddings  # noqa: E402

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from richkd.caches import chunked
+from richkd.caches.target import CacheMeta, TargetCache, write_target_cache
 from richkd.engine import io
 from richkd.engine.lock import LOCK_NAME, FolderBusy, hold
 from richkd.engine.trainer import _last_epoch_logged, _truncate_metrics
 from richkd.errors import RichKDError
-from richkd.teachers import chunked
-from richkd.teachers.target_cache import CacheMeta, TargetCache, write_target_cache
 
 
 def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -214,8 +214,8 @@ def test_a_second_cache_builder_is_refused_and_the_first_finishes(tmp_path: Path
     refused in one line while the first holds X, and a build after it (the lock gone) completes."""
     import torch
 
+    from richkd.caches.build_target import build_target_cache
     from richkd.data.arrays import ArrayDataset
-    from richkd.teachers.cache_builder import build_target_cache
     from richkd.teachers.random_vlm import RandomVLM
 
     gen = torch.Generator().manual_seed(0)

@@ -3,7 +3,7 @@ exit code 2: no traceback, no output path created, and no file a user supplies e
 
 The subcommands come from the argparse parser itself, so a new subcommand without cases here fails
 `test_every_subcommand_has_hostile_cases`; every numeric option is found the same way and must use a bounded
-type from richkd.cli_args (a bare `type=int` fails `test_every_numeric_option_is_bounded`).
+type from richkd.cli.args (a bare `type=int` fails `test_every_numeric_option_is_bounded`).
 """
 
 from __future__ import annotations
@@ -85,11 +85,11 @@ def _bad_values(action: argparse.Action) -> list[str]:
 
 
 def test_every_numeric_option_is_bounded() -> None:
-    """Every option parsed as a number uses a richkd.cli_args type (bounded, finite); none is a bare int/float."""
+    """Every option parsed as a number uses a richkd.cli.args type (bounded, finite); none is a bare int/float."""
     found = list(_numeric_actions())
     assert len(found) >= 50, len(found)  # the walk reaches the nested parsers (vlm cache, teacher cache, ...)
     bare = [(" ".join(w), a.option_strings[0]) for w, a in found if a.type in (int, float)]
-    assert not bare, f"use a bounded type from richkd.cli_args for {bare}"
+    assert not bare, f"use a bounded type from richkd.cli.args for {bare}"
 
 
 def test_bad_numbers_are_one_line_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
@@ -329,7 +329,7 @@ def test_expected_failures_become_one_line(raised: BaseException, needles: tuple
     def fail(args: argparse.Namespace) -> int:
         raise raised
 
-    monkeypatch.setattr("richkd.cli.cmd_models", fail)
+    monkeypatch.setattr("richkd.cli.app.cmd_models", fail)
     line = one_line_error(*run(["models"], capsys), ["models"])
     for needle in needles:
         assert needle in line, line
@@ -343,7 +343,7 @@ def test_programming_errors_keep_their_traceback(raised: BaseException, monkeypa
     def fail(args: argparse.Namespace) -> int:
         raise raised
 
-    monkeypatch.setattr("richkd.cli.cmd_models", fail)
+    monkeypatch.setattr("richkd.cli.app.cmd_models", fail)
     with pytest.raises(type(raised)):
         main(["models"])
 

@@ -59,7 +59,7 @@ def test_fast_surrogate_matches_the_published_network_on_real_images(
 
 def test_builder_batch_matches_the_old_path(surrogate_and_images: tuple[Any, Any]) -> None:
     """`_encode_batch` (plain + flip + two random crops) gives the old path's cosines and embeddings."""
-    from richkd.teachers.cache_builder import _encode_batch
+    from richkd.caches.build_target import _encode_batch
     from richkd.teachers.prompts import DEFAULT_TEMPLATES
     from richkd.teachers.zero_shot import class_embeddings
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from numerics import assert_within_roundoff
 from richkd.analysis.predictions import read_predictions
+from richkd.caches.target import write_random_cache
 from richkd.cli import main
 from richkd.data.augment import normalize
 from richkd.engine.checkpoint import save_model
 from richkd.models import create_model
-from richkd.teachers.target_cache import write_random_cache
 
 CLASSES = ("bird", "cat", "dog")  # folder names, sorted
 N_TEST = 4  # images per class in test/

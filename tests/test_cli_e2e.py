@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from richkd.caches.target import write_random_cache
 from richkd.data import load_dataset
-from richkd.teachers.target_cache import write_random_cache
 
 pytestmark = pytest.mark.shared_data
 CACHE_HOME = Path(os.environ.get("PYTEST_RICHKD_CACHE", "/tmp/richkd-test-cache"))  # keeps tests out of ~/.cache

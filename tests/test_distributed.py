@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from richkd.build import leaves_parameter_unused
+from richkd.caches.target import write_random_cache
 from richkd.config import load_config
 from richkd.data import load_dataset
 from richkd.distill.crd import ContrastMemory
 from richkd.engine import dist
 from richkd.engine.checkpoint import save_model
 from richkd.models import create_model
-from richkd.teachers.target_cache import write_random_cache
 
 # Tolerances (docs/speed.md), from the round-off measured on the machine that runs the test, not a number tuned
 # on one CPU (oneDNN's conv kernels differ between Intel AMX, AMD AVX-512 and AVX2 machines, issue 20).

@@ -273,7 +273,7 @@ def test_missing_extra_is_one_line(
 def test_core_imports_without_the_extra() -> None:
     code = (
         "import sys; sys.modules['onnx'] = sys.modules['onnxruntime'] = None\n"
-        "import richkd.cli, richkd.cli_export\n"
+        "import richkd.cli, richkd.cli.export\n"
         "from richkd.export import bench, card, classify, exporter, images, load, onnx_export\n"
         "richkd.cli.build_parser()"
     )

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from richkd.caches.target import TargetCache
 from richkd.cli import main
 from richkd.data import load_dataset
 from richkd.data.subset import limited, stratified_rows
-from richkd.teachers.target_cache import TargetCache
 
 pytestmark = pytest.mark.shared_data
 
@@ -218,7 +218,7 @@ def test_interrupt_messages_fit_the_command(
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("richkd.teachers.cache_builder.build_target_cache", interrupt)
+    monkeypatch.setattr("richkd.caches.build_target.build_target_cache", interrupt)
     code, _, err = run(["vlm", "cache", "--dataset", "imagefolder", "--root", str(tiny_cifar10), "--teacher",
                         "random:0", "--out", str(tmp_path / "c")], capsys)
     assert code == 130 and "run the same command again" in err and "--resume" not in err, err

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from imagenet_layout import CLASSES, make_split
+from richkd.caches.target import TargetCache
 from richkd.cli import main
 from richkd.errors import RichKDError
-from richkd.teachers.target_cache import TargetCache
 
 torch.set_num_threads(1)
 ARRAYS = ("cosines.npy", "image_emb.npy", "aug_params.npy", "class_emb.npy")
@@ -69,9 +69,9 @@ def assert_same_cache(a: TargetCache, b: TargetCache) -> None:
 
 
 def test_one_go_cache_serves_rows_by_stable_id(data: Path, one_go: Path) -> None:
+    from richkd.caches.stream import vlm_view
     from richkd.data.stream import FolderSource
     from richkd.data.stream.transforms import decode_rgb
-    from richkd.teachers.stream_cache import vlm_view
     from richkd.teachers.vlm import load_vlm
 
     cache = TargetCache.open(one_go)
@@ -154,8 +154,8 @@ class FailingVLM:
 
 
 def test_killed_shard_resumes_where_it_stopped(data: Path, parts: Path) -> None:
+    from richkd.caches.stream import build_stream_cache, make_recipe, open_source
     from richkd.teachers.imagenet_names import resolve_templates, wnid_to_name
-    from richkd.teachers.stream_cache import build_stream_cache, make_recipe, open_source
     from richkd.teachers.vlm import load_vlm
     from richkd.teachers.zero_shot import class_embeddings
 
@@ -198,7 +198,7 @@ def test_build_killed_before_meta_json_is_finished_on_rerun(data: Path, one_go: 
 def test_size_is_stated_and_a_full_disk_refused(
     data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from richkd.teachers.stream_cache import cache_bytes
+    from richkd.caches.stream_layout import cache_bytes
 
     # 1.28 M rows, plain + flip, 1000 classes, ViT-L/14's 768-d: float32 cosines, fp16 embeddings, int16 params
     assert cache_bytes(1_281_167, 2, 1000, 768) == 1_281_167 * 2 * (4000 + 1536 + 6) + 4 * 1000 * 768

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from richkd.analysis.predictions import read_predictions
+from richkd.caches.target import TargetCache
 from richkd.cli import main
-from richkd.teachers.target_cache import TargetCache
 
 CLASSES = ("bird", "cat", "dog")
 

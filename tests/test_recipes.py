@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from richkd.build import build_distiller, describe_targets
+from richkd.caches.target import TargetCache, write_random_cache
 from richkd.config import RunConfig, load_config, load_config_with_layers
 from richkd.data.arrays import ArrayDataset
 from richkd.data.augment import apply_strong_augment, sample_strong_augment
@@ -29,7 +30,6 @@ from richkd.models import create_model, feature_shapes
 from richkd.recipes import PAIRS, method_names
 from richkd.recipes.compose import _HERE as RECIPES
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
-from richkd.teachers.target_cache import TargetCache, write_random_cache
 
 REPO = Path(__file__).resolve().parents[1]
 N_ROWS, N_CLASSES, BATCH = 200, 100, 2

@@ -85,10 +85,10 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _zero_shot_top1(folder: Path, columns: list[int]) -> float:
     """The random teacher's top-1 on `folder`, computed here from its pieces."""
+    from richkd.caches.stream import vlm_view
     from richkd.data.stream import FolderSource
     from richkd.data.stream.transforms import decode_rgb
     from richkd.teachers.imagenet_names import resolve_templates, wnid_to_name
-    from richkd.teachers.stream_cache import vlm_view
     from richkd.teachers.vlm import load_vlm
     from richkd.teachers.zero_shot import class_embeddings
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from richkd.analysis.predictions import read_predictions, write_predictions
+from richkd.caches.target import TargetCache, write_random_cache
 from richkd.data.subset import (
     SUBSET_RULE,
     check_recorded_subset,
@@ -21,7 +22,6 @@ from richkd.data.subset import (
     stratified_rows,
 )
 from richkd.errors import RichKDError
-from richkd.teachers.target_cache import TargetCache, write_random_cache
 
 
 def oracle_rows(labels: list[int], limit: int) -> list[int]:
@@ -135,7 +135,7 @@ def test_a_target_cache_of_the_old_rule_is_refused_where_its_rows_differ(tmp_pat
 
 
 def test_a_teacher_cache_of_the_old_rule_is_refused_where_its_rows_differ(tmp_path: Path) -> None:
-    from richkd.teachers.teacher_cache import TeacherCache, TeacherCacheMeta
+    from richkd.caches.teacher import TeacherCache, TeacherCacheMeta
 
     labels = class_sorted([5] * 10)
     rows = legacy_stratified_rows(labels, 15)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from numerics import float16_spacing
+from richkd.caches.target import CacheMeta, TargetCache, write_target_cache
 from richkd.errors import RichKDError
-from richkd.teachers.target_cache import CacheMeta, TargetCache, write_target_cache
 
 N, V, C, E = 12, 3, 4, 8
 CLASSES = ("apple", "bee", "cat", "dog")
@@ -196,7 +196,7 @@ class FailingVLM:
 
 
 def build(vlm: object, out: Path, **kw: object) -> Path:
-    from richkd.teachers.cache_builder import build_target_cache
+    from richkd.caches.build_target import build_target_cache
 
     opts: dict[str, object] = dict(
         templates=("a photo of a {}", "a {}"), batch_size=4, bf16=False, progress=False, checkpoint_seconds=0
@@ -321,7 +321,7 @@ def test_to_device_keeps_the_stored_dtypes_and_serves_the_same_bits(cache_dir: P
 
 
 def test_fits_uses_the_shared_memory_guard(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import richkd.teachers.residency as residency
+    import richkd.caches.residency as residency
 
     cache = TargetCache.open(cache_dir)
     need = N * V * (4 * C + 2 * E + 2 * 3)
@@ -334,7 +334,7 @@ def test_fits_uses_the_shared_memory_guard(cache_dir: Path, monkeypatch: pytest.
 def test_a_cache_larger_than_half_the_free_memory_is_served_from_disk(
     cache_dir: Path, arrays: dict[str, Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import richkd.teachers.residency as residency
+    import richkd.caches.residency as residency
     from richkd.build import open_cache
     from richkd.config import config_from_dict
     from richkd.data.arrays import ArrayDataset

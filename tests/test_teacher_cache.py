@@ -14,6 +14,9 @@ import torch
 
 from numerics import float16_spacing
 from richkd.build import build_fit
+from richkd.caches import chunked
+from richkd.caches.build_teacher import build_teacher_cache, plan_teacher_cache
+from richkd.caches.teacher import CachedTeacher, TeacherCache
 from richkd.cli import main
 from richkd.config import load_config
 from richkd.data import load_dataset
@@ -28,10 +31,7 @@ from richkd.engine.trainer import FitParts, StepModule, train_step
 from richkd.errors import RichKDError
 from richkd.models import create_model
 from richkd.targets import TeacherTargets
-from richkd.teachers import chunked
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
-from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
-from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache
 
 pytestmark = pytest.mark.shared_data
 LIMIT = 20  # rows of the stratified subset the caches cover (2 per class): 3,240 teacher forwards
@@ -248,7 +248,7 @@ def test_cached_teacher_with_an_all_views_vlm_cache(work: dict[str, Path]) -> No
         assert parts.targets is not None
         served = parts.targets(batch).clip
         assert served is not None
-        from richkd.teachers.target_cache import TargetCache
+        from richkd.caches.target import TargetCache
 
         full = TargetCache.open(vlm)
         want_views = batch.views if view_mode == "matched" else torch.full_like(batch.views, 40)

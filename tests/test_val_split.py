@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import richkd.build as build_module
+from richkd.caches.target import write_random_cache
 from richkd.config import config_from_dict
 from richkd.data.arrays import ArrayDataset
 from richkd.data.subset import subset
@@ -24,7 +25,6 @@ from richkd.engine.checkpoint import save_model
 from richkd.engine.trainer import select_best
 from richkd.errors import RichKDError
 from richkd.models import create_model
-from richkd.teachers.target_cache import write_random_cache
 
 CLASSES = tuple(f"c{i}" for i in range(5))
 

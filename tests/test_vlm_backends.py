@@ -164,8 +164,8 @@ def test_surrogate_on_real_cifar_photos(tiny_cifar10: Path) -> None:
 
 def test_cli_cache_fit_scale_zeroshot(tiny_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("richkd.data.augment")
+    from richkd.caches.target import TargetCache
     from richkd.cli import main
-    from richkd.teachers.target_cache import TargetCache
 
     data = ["--dataset", "imagefolder", "--root", str(tiny_cifar10), "--limit", "40", "--threads", "1"]
     out = tmp_path / "cache"

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from richkd import __version__
+from richkd.caches.target import TargetCache
+from richkd.caches.teacher import CachedTeacher, TeacherCache
 from richkd.config import (
     CRDConfig,
     DISTConfig,
@@ -55,8 +57,6 @@ from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
 from richkd.models.base import keep_bn_statistics
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
-from richkd.teachers.target_cache import TargetCache
-from richkd.teachers.teacher_cache import CachedTeacher, TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def is_exact(cfg: RunConfig) -> bool:
     """Whether vlm.cache holds every view of the exact crop/flip family (`richkd vlm cache --views all`)."""
     if not cfg.vlm.cache:
         return False
-    from richkd.teachers.target_cache import read_meta
+    from richkd.caches.target import read_meta
 
     return read_meta(cfg.vlm.cache).is_exact
 

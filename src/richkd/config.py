@@ -24,7 +24,7 @@ from richkd.errors import RichKDError
 
 Method = Literal["vanilla", "kd", "dkd", "crd", "richkd", "mlkd", "dist"]
 FeatureMethod = Literal["fitnet", "at", "nst", "pkt", "sp", "rkd", "vid", "kdsvd", "ofd", "reviewkd"]
-SEED_MAX = 2**63 - 1  # as richkd.cli_args.SEED_MAX: torch seeds are 64-bit, with headroom for small offsets
+SEED_MAX = 2**63 - 1  # as richkd.cli.args.SEED_MAX: torch seeds are 64-bit, with headroom for small offsets
 # The distill.* keys that weight a loss term (DKD's alpha/beta weight TCKD/NCKD, DIST's beta/gamma its inter/intra
 # relations); a method trains when one is > 0 (or when a feature term is added).
 LOSS_WEIGHTS = ("ce_weight", "kd_weight", "feat_weight", "crd_weight", "alpha", "beta", "gamma", "dist_weight")

@@ -29,10 +29,10 @@ __all__ = ["StepRunner", "call", "capture", "quiet_console_logging"]
 
 @functools.cache
 def _commands() -> argparse.ArgumentParser:
-    from richkd.cli_analysis import add_analysis_parsers
-    from richkd.cli_report import add_report_parser
-    from richkd.cli_robustness import add_robustness_parser
-    from richkd.cli_vlm import add_vlm_parser
+    from richkd.cli.analysis import add_analysis_parsers
+    from richkd.cli.report import add_report_parser
+    from richkd.cli.robustness import add_robustness_parser
+    from richkd.cli.vlm import add_vlm_parser
 
     parser = argparse.ArgumentParser(prog="richkd")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -135,7 +135,7 @@ def _epoch_bar(run_dir: Path, epochs: int, desc: str) -> Iterator[None]:
 
 def train_arm(run_dir: Path, config: Path, epochs: int, desc: str) -> None:
     """`richkd train -c CONFIG [--resume]`: continues a killed run from its last finished epoch."""
-    from richkd.cli import cmd_train
+    from richkd.cli.app import cmd_train
     from richkd.engine.checkpoint import load_training_state
 
     ckpt = run_dir / "checkpoint.pt"
@@ -158,9 +158,9 @@ def _surrogate(device: str) -> Any:
 
 def build_cache(plan: DemoPlan, split: str, limit: int, out_dir: Path) -> None:
     """A target cache of the stratified subset (`--limit`) of `split`; the builder resumes a killed build."""
+    from richkd.caches.build_target import build_target_cache
     from richkd.data import load_dataset
     from richkd.data.subset import limited
-    from richkd.teachers.cache_builder import build_target_cache
     from richkd.teachers.prompts import DEFAULT_TEMPLATES
 
     part, rows = limited(load_dataset(plan.data.name, plan.data.root, split), limit)

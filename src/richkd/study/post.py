@@ -90,7 +90,7 @@ def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -
     depend only on (seed, row ids), so each model's numbers are those of a pass of its own (tests/test_study.py
     checks this).
     """
-    from richkd.cli_robustness import render_markdown
+    from richkd.cli.robustness import render_markdown
 
     batch = robust / "_pass"
     call(["robustness", *(f"--checkpoint={key}={path}" for key, path in models.items()), *shared,

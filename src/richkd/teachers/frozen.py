@@ -13,7 +13,7 @@ from richkd.fusion import fuse_logits
 from richkd.targets import TeacherTargets
 
 if TYPE_CHECKING:
-    from richkd.teachers.target_cache import TargetCache
+    from richkd.caches.target import TargetCache
 
 
 class TargetSource(Protocol):

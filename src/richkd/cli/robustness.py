@@ -1,7 +1,7 @@
 """`richkd robustness`: accuracy of one or more checkpoints under the 19 CIFAR-C corruptions (generated or the
 official files) and on distribution-shift image folders -> DIR/robustness.json and DIR/robustness.md.
 
-Thin: parse, load, call `richkd.robustness`, write. RichKDError propagates to `richkd.cli.main` (one line).
+Thin: parse, load, call `richkd.robustness`, write. RichKDError propagates to `richkd.cli.app.main` (one line).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from richkd.cli_args import count_int, seed_int, threads_int
+from richkd.cli.args import count_int, seed_int, threads_int
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 

@@ -1,6 +1,6 @@
 """`richkd vlm zeroshot | cache | fit-scale`: the vision-language teacher from the command line.
 
-Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main`, which prints one line.
+Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.app.main`, which prints one line.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.cli_args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
-from richkd.cli_stream_cache import add_cache_merge_parser, add_stream_cache_args
+from richkd.cli.args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
+from richkd.cli.stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
 
 if TYPE_CHECKING:
@@ -185,11 +185,11 @@ def _check_out(out: str | None) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from richkd.caches.build_target import build_target_cache
     from richkd.engine.io import check_writable
-    from richkd.teachers.cache_builder import build_target_cache
 
     if args.dataset == "imagenet":
-        from richkd.cli_stream_cache import cmd_stream_cache
+        from richkd.cli.stream_cache import cmd_stream_cache
 
         return cmd_stream_cache(args)
     check_writable(Path(args.out), "--out")
@@ -209,9 +209,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_scale(args: argparse.Namespace) -> int:
+    from richkd.caches.target import TargetCache
     from richkd.data import load_dataset
     from richkd.data.subset import stratified_rows
-    from richkd.teachers.target_cache import TargetCache
     from richkd.teachers.zero_shot import fit_logit_scale
 
     _check_out(args.out)

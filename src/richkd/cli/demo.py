@@ -2,7 +2,7 @@
 -> robustness -> cost -> HTML report); the last line printed is the report's path.
 
 Thin: parse, check the data and the output folder, print the plan, call `richkd.demo.run_demo`. RichKDError
-propagates to `richkd.cli.main`, which prints one line and exits 2.
+propagates to `richkd.cli.app.main`, which prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli_args import positive_float, seed_int, threads_int
+from richkd.cli.args import positive_float, seed_int, threads_int
 
 DEFAULT_OUT = "runs/demo"
 

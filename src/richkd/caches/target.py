@@ -357,8 +357,8 @@ class TargetCache:
 
     def fits(self, device: torch.device | str, fraction: float = 0.5) -> bool:
         """Whether `to_device` would leave room: the stored arrays take at most `fraction` of the memory available
-        on `device` now (the teacher cache's guard, richkd.teachers.residency)."""
-        from richkd.teachers.residency import fits_in_memory
+        on `device` now (the teacher cache's guard, richkd.caches.residency)."""
+        from richkd.caches.residency import fits_in_memory
 
         return fits_in_memory(self.meta.nbytes, torch.device(device), fraction)
 

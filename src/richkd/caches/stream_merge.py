@@ -22,9 +22,9 @@ import numpy as np
 from richkd.data.subset import SUBSET_RULE
 from richkd.engine.io import write_atomic, write_json_atomic
 from richkd.errors import RichKDError
-from richkd.teachers import chunked
-from richkd.teachers.stream_cache import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
-from richkd.teachers.target_cache import ARRAY_FILES, CacheMeta
+from richkd.caches import chunked
+from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
+from richkd.caches.target import ARRAY_FILES, CacheMeta
 
 log = logging.getLogger(__name__)
 

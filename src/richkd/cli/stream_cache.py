@@ -1,6 +1,6 @@
 """`richkd vlm cache --dataset imagenet` and `richkd vlm cache-merge`: streamed, sharded target caches.
 
-Thin: parse, call `richkd.teachers.stream_cache`, print. RichKDError propagates to `richkd.cli.main`.
+Thin: parse, call `richkd.caches.stream`, print. RichKDError propagates to `richkd.cli.app.main`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from richkd.cli_args import workers_int
+from richkd.cli.args import workers_int
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +24,18 @@ def _gib(n_bytes: int) -> str:
 
 
 def cmd_stream_cache(args: argparse.Namespace) -> int:
-    from richkd.engine.device import bf16_is_fast, check_device
-    from richkd.engine.io import check_writable
-    from richkd.errors import RichKDError
-    from richkd.teachers.imagenet_names import read_class_list, resolve_templates, wnid_to_name
-    from richkd.teachers.stream_cache import (
+    from richkd.caches.stream import (
         build_stream_cache,
-        cache_bytes,
         make_recipe,
         open_source,
         parse_part,
         part_range,
     )
+    from richkd.caches.stream_layout import cache_bytes
+    from richkd.engine.device import bf16_is_fast, check_device
+    from richkd.engine.io import check_writable
+    from richkd.errors import RichKDError
+    from richkd.teachers.imagenet_names import read_class_list, resolve_templates, wnid_to_name
     from richkd.teachers.vlm import load_vlm
     from richkd.teachers.zero_shot import class_embeddings
 
@@ -80,7 +80,7 @@ def cmd_stream_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_merge(args: argparse.Namespace) -> int:
-    from richkd.teachers.stream_merge import merge_parts
+    from richkd.caches.stream_merge import merge_parts
 
     t0 = time.perf_counter()
     out = merge_parts([Path(p) for p in args.parts], Path(args.out), delete_parts=args.delete_parts)

@@ -1,6 +1,6 @@
 """`richkd export` (safetensors + model card, ONNX, latency) and `richkd classify` (images -> top-k classes).
 
-Thin: parse, call richkd.export, print. RichKDError propagates to `richkd.cli.main`, which prints one line
+Thin: parse, call richkd.export, print. RichKDError propagates to `richkd.cli.app.main`, which prints one line
 and exits 2; an image that cannot be decoded is a one-line warning and exit code 1 once the rest are done.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli_args import check_out_file, count_int, nonneg_count_int, threads_int
+from richkd.cli.args import check_out_file, count_int, nonneg_count_int, threads_int
 from richkd.errors import RichKDError
 
 

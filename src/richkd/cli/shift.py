@@ -4,7 +4,7 @@ distribution-shift sets ImageNet-V2, -Sketch, -R and -A -> DIR/shift.json and DI
 A command of its own, not an option of `richkd robustness`: that one evaluates in-memory splits of a `--dataset`
 (CIFAR-C, small shift folders of the same class list); these sets are streamed 224-px evaluations with their own
 label layouts (index folders, 200-class subsets of a 1000-class head). Thin: parse, load, call
-`richkd.robustness.shift`, write. RichKDError propagates to `richkd.cli.main` (one line).
+`richkd.robustness.shift`, write. RichKDError propagates to `richkd.cli.app.main` (one line).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from richkd.cli_args import count_int, image_size_int, threads_int, workers_int
-from richkd.cli_vlm import TEACHER_HELP
+from richkd.cli.args import count_int, image_size_int, threads_int, workers_int
+from richkd.cli.vlm import TEACHER_HELP
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
@@ -113,7 +113,7 @@ def _vlm_batches(source: Any, vlm: Any, args: argparse.Namespace, device: torch.
         tuple[Tensor, Tensor]]:
     from torch.utils.data import DataLoader
 
-    from richkd.teachers.stream_cache import RangeChunks
+    from richkd.caches.stream import RangeChunks
 
     spec = vlm.image_spec
     chunks = RangeChunks(source, 0, len(source), args.batch_size, spec.size, spec.interpolation)

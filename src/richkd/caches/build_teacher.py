@@ -1,6 +1,6 @@
 """Build a teacher cache: every row x every view of the exact crop/flip family through a frozen CNN once.
 
-Chunked and resumable through richkd.teachers.chunked (the same machinery as the vision-language cache):
+Chunked and resumable through richkd.caches.chunked (the same machinery as the vision-language cache):
 a chunk of rows is expanded to all its views (uint8 crop/flip, then the run's normalisation, exactly as
 BatchMaker feeds the online teacher) and sent through the BN-folded teacher in batches of `batch_size` images.
 """
@@ -21,9 +21,9 @@ from tqdm import tqdm
 from richkd.data.augment import CropFlip, apply_crop_flip, normalize
 from richkd.data.views import ENUMERATION, exact_view_params, n_exact_views
 from richkd.errors import RichKDError
-from richkd.teachers import chunked
-from richkd.teachers.target_cache import rows_sha256
-from richkd.teachers.teacher_cache import ARRAY_FILES, TeacherCacheMeta, array_shapes, memory_available
+from richkd.caches import chunked
+from richkd.caches.target import rows_sha256
+from richkd.caches.teacher import ARRAY_FILES, TeacherCacheMeta, array_shapes, memory_available
 
 if TYPE_CHECKING:
     from richkd.data.arrays import ArrayDataset

@@ -1,6 +1,6 @@
 """`richkd teacher cache`: a frozen CNN teacher's outputs for every (row, view) of a split, computed once.
 
-Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main`, which prints one line.
+Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.app.main`, which prints one line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli_args import count_int, nonneg_float, pad_int, threads_int
+from richkd.cli.args import count_int, nonneg_float, pad_int, threads_int
 
 
 def add_teacher_parser(subparsers: Any) -> None:
@@ -46,6 +46,7 @@ def add_teacher_parser(subparsers: Any) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from richkd.caches.build_teacher import build_teacher_cache, plan_teacher_cache
     from richkd.data import load_dataset
     from richkd.data.subset import limited
     from richkd.engine.checkpoint import load_model_file, read_model_file
@@ -54,7 +55,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from richkd.engine.io import check_writable, file_sha256
     from richkd.errors import RichKDError
     from richkd.models import create_model
-    from richkd.teachers.teacher_cache_builder import build_teacher_cache, plan_teacher_cache
 
     out = Path(args.out)
     check_writable(out, "--out")

@@ -1,7 +1,7 @@
 """`richkd predict` (one predictions file per predictor) and `richkd analyze` (analysis.json + analysis.md).
 
 Thin: parse, check every input and the output's writability before any model runs, call the library, write.
-RichKDError propagates to `richkd.cli.main`, which prints one line and exits 2.
+RichKDError propagates to `richkd.cli.app.main`, which prints one line and exits 2.
 
 Predictors of `predict` (docs/analysis_formats.md):
   --checkpoint T                         a model file (student or CNN teacher)        kind checkpoint | teacher
@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 
 from richkd import __version__
-from richkd.cli_args import check_out_file, count_int, positive_float, threads_int, unit_float
+from richkd.cli.args import check_out_file, count_int, positive_float, threads_int, unit_float
 from richkd.engine.io import file_sha256
 from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
+    from richkd.caches.target import TargetCache
     from richkd.data.arrays import ArrayDataset
-    from richkd.teachers.target_cache import TargetCache
     from richkd.teachers.vlm import VisionLanguageTeacher
 
 __all__ = ["add_analysis_parsers", "cmd_predict", "cmd_analyze"]
@@ -211,11 +211,11 @@ class _Sources:
 
 def _open_sources(args: argparse.Namespace) -> _Sources:
     """Check paths first (cheap), then load the split and every source, validating each against it."""
+    from richkd.caches.target import TargetCache, read_meta
     from richkd.data import load_dataset
     from richkd.data.subset import limited
     from richkd.engine.checkpoint import read_model_file
     from richkd.teachers.prompts import DEFAULT_TEMPLATES, load_templates
-    from richkd.teachers.target_cache import TargetCache, read_meta
 
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     if ckpt is not None:
@@ -255,7 +255,7 @@ def _compute(kind: str, src: _Sources, args: argparse.Namespace, device: torch.d
         cosines, image_emb = _cache_outputs(src.cache, src.full, src.rows)
         prov = _cache_provenance(src.cache)
     elif src.vlm is not None:
-        from richkd.cli_vlm import _encode_split
+        from richkd.cli.vlm import _encode_split
         from richkd.teachers.prompts import templates_sha256
         from richkd.teachers.zero_shot import class_embeddings
 
@@ -359,7 +359,7 @@ def _semantic(spec: str, classes: tuple[str, ...], args: argparse.Namespace) -> 
     """(source description, class embeddings [C, E]) from `vlm:SPEC` or `cache:DIR`."""
     kind, _, arg = spec.partition(":")
     if kind == "cache" and arg:
-        from richkd.teachers.target_cache import TargetCache
+        from richkd.caches.target import TargetCache
 
         cache = TargetCache.open(arg)
         if cache.meta.class_names != classes:

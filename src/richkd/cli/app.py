@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.cli_args import OneLineParser, check_out_file, count_int, threads_int
+from richkd.cli.args import OneLineParser, check_out_file, count_int, threads_int
 from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
 
 if TYPE_CHECKING:
@@ -388,15 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="key=value overrides")
     config_sub.add_parser("keys", help="every config key with its type, default and meaning")
     config.set_defaults(func=cmd_config)
-    from richkd.cli_analysis import add_analysis_parsers
-    from richkd.cli_demo import add_demo_parser
-    from richkd.cli_export import add_export_parsers
-    from richkd.cli_report import add_report_parser
-    from richkd.cli_robustness import add_robustness_parser
-    from richkd.cli_shift import add_shift_parser
-    from richkd.cli_study import add_study_parser
-    from richkd.cli_teacher import add_teacher_parser
-    from richkd.cli_vlm import add_vlm_parser
+    from richkd.cli.analysis import add_analysis_parsers
+    from richkd.cli.demo import add_demo_parser
+    from richkd.cli.export import add_export_parsers
+    from richkd.cli.report import add_report_parser
+    from richkd.cli.robustness import add_robustness_parser
+    from richkd.cli.shift import add_shift_parser
+    from richkd.cli.study import add_study_parser
+    from richkd.cli.teacher import add_teacher_parser
+    from richkd.cli.vlm import add_vlm_parser
 
     add_demo_parser(sub)
     add_vlm_parser(sub)

@@ -1,6 +1,6 @@
 """`richkd report` (Markdown table, or an HTML + Markdown report) and `richkd cost` (params, FLOPs, speed).
 
-Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.main`, which prints one line.
+Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.app.main`, which prints one line.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from richkd.cli_args import count_int, image_size_int, nonneg_count_int, threads_int
+from richkd.cli.args import count_int, image_size_int, nonneg_count_int, threads_int
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 

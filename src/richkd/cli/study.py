@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from richkd.cli_args import count_int
+from richkd.cli.args import count_int
 
 
 def add_study_parser(subparsers: Any) -> None:

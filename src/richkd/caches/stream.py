@@ -1,6 +1,6 @@
 """Target caches of streamed ImageNet-scale splits (an ImageNet-style folder or tar shards), sharded over processes.
 
-The cache is the CIFAR cache's format (`richkd.teachers.target_cache`: fp16 embeddings, memory-mapped, same
+The cache is the CIFAR cache's format (`richkd.caches.target`: fp16 embeddings, memory-mapped, same
 meta and refusals), with row ids = the streaming sources' stable ids. Differences, and why:
 
 - Images are decoded by DataLoader worker processes, each making the vision-language model's own eval input
@@ -38,18 +38,15 @@ from richkd.data.stream.transforms import decode_rgb
 from richkd.engine.io import save_npy_atomic, write_json_atomic, write_text_atomic
 from richkd.engine.proc import die_with_parent
 from richkd.errors import RichKDError
-from richkd.teachers import chunked
-from richkd.teachers.cache_builder import _encode_batch
+from richkd.caches import chunked
+from richkd.caches.build_target import _encode_batch
 from richkd.teachers.prompts import check_templates, templates_sha256
-from richkd.teachers.target_cache import ARRAY_FILES, CacheMeta
+from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
+from richkd.caches.target import ARRAY_FILES, CacheMeta
 from richkd.teachers.vlm import VisionLanguageTeacher
 
 log = logging.getLogger(__name__)
 
-BUILD_FILE = "build.json"  # the full recipe key and row range; a part is complete when it exists
-PARTS_DIR = "parts"
-PROGRESS_FILE_HINT = "rerun its `richkd vlm cache ... --shard I/N` command to finish it"
-PROMPT_CLASSES_FILE = "prompt_classes.tsv"  # wnid <TAB> the name the prompts used, per class
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST}
 
@@ -74,11 +71,6 @@ def source_fingerprint(source: FolderSource | ShardSource) -> str:
         h.update("\n".join(p.name for p in source.shards).encode())
         h.update(source.offsets.tobytes())
     return h.hexdigest()
-
-
-def cache_bytes(n_rows: int, n_views: int, n_classes: int, embed_dim: int) -> int:
-    """Disk size of a cache: float32 cosines, float16 embeddings, int16 aug params per (row, view)."""
-    return n_rows * n_views * (4 * n_classes + 2 * embed_dim + 3 * 2) + 4 * n_classes * embed_dim
 
 
 def part_range(n_rows: int, index: int, count: int) -> tuple[int, int]:
@@ -316,7 +308,7 @@ def _maybe_merge(out: Path, count: int, auto_merge: bool) -> Path:
     if not auto_merge or not all((p / BUILD_FILE).is_file() for p in parts):
         return out / PARTS_DIR
     from richkd.engine.lock import FolderBusy
-    from richkd.teachers.stream_merge import merge_parts
+    from richkd.caches.stream_merge import merge_parts
 
     try:
         return merge_parts(parts, out)

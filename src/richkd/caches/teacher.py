@@ -34,9 +34,9 @@ from richkd.data.subset import LEGACY_SUBSET_RULE, SUBSET_RULE
 from richkd.data.views import plain_view_id
 from richkd.errors import RichKDError
 from richkd.targets import TeacherTargets
-from richkd.teachers.chunked import META_FILE, PROGRESS_FILE
-from richkd.teachers.residency import fits_in_memory, memory_available
-from richkd.teachers.target_cache import map_cache_rows, take_views
+from richkd.caches.chunked import META_FILE, PROGRESS_FILE
+from richkd.caches.residency import fits_in_memory, memory_available
+from richkd.caches.target import map_cache_rows, take_views
 
 __all__ = ["CachedTeacher", "TeacherCache", "TeacherCacheMeta", "array_shapes", "memory_available"]
 
