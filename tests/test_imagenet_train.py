@@ -262,6 +262,27 @@ def test_recipe_table_resolves_every_method_on_both_pairs() -> None:
     assert 1_281_167 > crd_module._FULL_SCORE_RATIO * (crd.nce_k + 1)
 
 
+def test_feature_methods_take_mdistillers_imagenet_settings() -> None:
+    """Transcribed from mdistiller configs/imagenet/{r34_r18,r50_mv1}/{at,ofd,reviewkd}.yaml (fetched 2026-12-06)."""
+    r18, mv1 = "resnet34-resnet18", "resnet50-mobilenetv1"
+    for pair in (r18, mv1):  # AT: BATCH_SIZE 512, LR 0.2; FEAT_WEIGHT 1000 (cfg.py default)
+        at = load_config(None, dataset="imagenet", pair=pair, method="at")
+        assert (at.train.batch_size, effective_lr(at), at.feature.method) == (512, pytest.approx(0.2), "at")
+        assert at.feature.weight is None  # the registered mdistiller weight, 1000
+    ofd = load_config(None, dataset="imagenet", pair=mv1, method="ofd")  # BATCH_SIZE 128, LR 0.05, FEAT 0.0001
+    assert (ofd.train.batch_size, effective_lr(ofd), ofd.feature.weight) == (128, pytest.approx(0.05), 1e-4)
+    # ReviewKD: r34_r18 weight 1.0, r50_mv1 weight 8.0 + MAX_MID_CHANNEL 256; both WARMUP 1, STU_PREACT, batch 256
+    for pair, weight, mid in ((r18, 1.0, 512), (mv1, 8.0, 256)):
+        f = load_config(None, dataset="imagenet", pair=pair, method="reviewkd")
+        assert (f.feature.method, f.feature.weight, f.feature.reviewkd_max_mid_channel) == ("reviewkd", weight, mid)
+        assert (f.feature.reviewkd_warmup_epochs, f.feature.reviewkd_student_preact) == (1, True)
+        assert (f.train.batch_size, effective_lr(f)) == (256, pytest.approx(0.1))
+    # the per-pair override belongs to ReviewKD alone, and CIFAR-100's ReviewKD keeps its own settings
+    assert load_config(None, dataset="imagenet", pair=mv1, method="at").feature.reviewkd_max_mid_channel == 512
+    cifar = load_config(None, dataset="cifar100", pair="resnet32x4-resnet8x4", method="reviewkd").feature
+    assert (cifar.weight, cifar.reviewkd_warmup_epochs, cifar.reviewkd_student_preact) == (None, 20, False)
+
+
 def _error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

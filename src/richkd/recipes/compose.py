@@ -180,6 +180,8 @@ def _pair_layer(name: str, merged: Mapping[str, Any], state: _State) -> dict[str
         distill = merged.get("distill")
         if isinstance(distill, Mapping) and distill.get("method") == "dkd":
             layer["distill"] = {"beta": pair.dkd_beta}
+        if method is not None and method in pair.method_overrides:  # e.g. ImageNet r50->mv1's ReviewKD weight
+            layer = merge(layer, dict(pair.method_overrides[method]))
     if lr is not None and method != "teacher":
         layer["optim"] = {"lr": lr}
     state.layers.append(f"pair:{name}")

@@ -8,7 +8,9 @@ their value comes from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from richkd.errors import RichKDError
 
@@ -30,6 +32,8 @@ class Pair:
     source: str  # where lr and β come from
     teacher_checkpoint: str | None = None  # default teacher weights (None: the pair's `--method teacher` run)
     alias: str | None = None  # short name accepted by `--pair` (ImageNet: resnet34-resnet18)
+    # per-method settings of this pair, over the method's and the dataset's layers: {method: {section: {key: value}}}
+    method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -67,13 +71,16 @@ PAIRS: dict[str, Pair] = {
 # ImageNet (METHOD.md §8): the teachers are torchvision's IMAGENET1K_V1 weights, loaded as they are
 # (https://download.pytorch.org/models/<file>; resnet34 73.31 % and resnet50 76.13 % top-1 by torchvision's card),
 # which is what mdistiller's ImageNet teachers are. β: mdistiller configs/imagenet/r34_r18 and r50_mv1 dkd.yaml.
+# ReviewKD: mdistiller configs/imagenet/r34_r18/reviewkd.yaml REVIEWKD_WEIGHT 1.0 (the dataset layer's
+# imagenet.reviewkd.yaml) and r50_mv1/reviewkd.yaml REVIEWKD_WEIGHT 8.0 with MAX_MID_CHANNEL 256 (here, per pair).
 IMAGENET_PAIRS: dict[str, Pair] = {
     p.name: p
     for p in (
         Pair("resnet34_imagenet", "resnet18_imagenet", "same", 512, 512, None, 0.5, "mdistiller",
              "teachers/resnet34-b627a593.pth", "resnet34-resnet18"),
         Pair("resnet50_imagenet", "mobilenetv1_imagenet", "cross", 2048, 1024, None, 2.0, "mdistiller",
-             "teachers/resnet50-0676ba61.pth", "resnet50-mobilenetv1"),
+             "teachers/resnet50-0676ba61.pth", "resnet50-mobilenetv1",
+             {"reviewkd": {"feature": {"weight": 8.0, "reviewkd_max_mid_channel": 256}}}),
     )
 }
 PAIR_TABLES: dict[str, dict[str, Pair]] = {"imagenet": IMAGENET_PAIRS}
