@@ -188,6 +188,30 @@ def test_reviewkd_equals_abf_review_then_hcl() -> None:
     assert math.isclose(got, want, rel_tol=TOL, abs_tol=TOL)
 
 
+@pytest.mark.parametrize(("size", "residual_size"), [((8, 8), (4, 4)), ((8, 6), (1, 1)), ((7, 5), (3, 4))])
+def test_abf_attention_equals_the_concatenated_form_at_any_resize(
+    size: tuple[int, int], residual_size: tuple[int, int]
+) -> None:
+    """mdistiller's ABF fusion, z = sigmoid(att_conv(cat[x, nearest(r)])), x*z0 + nearest(r)*z1, in float64, for a
+    whole-multiple resize (the broadcast path), a 1x1 residual and a ragged one (7x5 from 3x4: the fallback); the
+    gradients of both inputs and of att_conv's weights agree too."""
+    from richkd.distill.features.reviewkd import ABF
+
+    gen = torch.Generator().manual_seed(3)
+    abf = ABF(4, 5, 3, fuse=True).double()
+    x = torch.randn(2, 5, *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(2, 5, *residual_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    got = abf._fuse(x, r)
+    up = torch.nn.functional.interpolate(r, size, mode="nearest")
+    z = abf.att_conv(torch.cat([x, up], dim=1))  # type: ignore[misc]
+    want = x * z[:, :1] + up * z[:, 1:]
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(want.shape, generator=gen, dtype=torch.float64)
+    grads = [torch.autograd.grad((out * probe).sum(), (x, r, abf.att_conv[0].weight)) for out in (got, want)]
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_connector_parameters_match_mdistiller_for_resnet32x4_resnet8x4() -> None:
     """mdistiller's get_extra_parameters(), counted from its module definitions.
     OFD ConnectorConvBN over stage channels [64, 128, 256]: 1x1 conv (no bias) c·c + BN 2c each.

@@ -70,16 +70,37 @@ class ABF(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(output at the teacher's size, the fused map passed on as the next level's residual)."""
-        n, _, h, w = x.shape
         x = self.conv1(x)
         if self.att_conv is not None:
             assert residual is not None
-            residual = F.interpolate(residual, (h, w), mode="nearest")
-            z = self.att_conv(torch.cat([x, residual], dim=1))
-            x = x * z[:, 0].view(n, 1, h, w) + residual * z[:, 1].view(n, 1, h, w)
+            x = self._fuse(x, residual)
         if tuple(x.shape[-2:]) != out_size:
             x = F.interpolate(x, out_size, mode="nearest")
         return self.conv2(x), x
+
+    def _fuse(self, x: Tensor, residual: Tensor) -> Tensor:
+        """x·z0 + up(r)·z1 with z = σ(W·[x, up(r)] + b), up = nearest resize of r to x's size, as mdistiller's ABF,
+        without building [x, up(r)] or up(r) at full size: a 1×1 conv splits over the concatenation
+        (W·[x, u] = W_x·x + W_r·u) and commutes with any nearest resize (both act per pixel), so W_r runs at r's
+        size; when x's size is a whole multiple of r's, up(r)·z1 is a broadcast over the replicated pixels.
+        Exact up to float rounding (tests/test_ofd_reviewkd.py checks it against the formula written out); the
+        full-size tensors it skips are what made ReviewKD's step cost more than its FLOPs (benchmarks/)."""
+        n, c, h, w = x.shape
+        rh, rw = residual.shape[-2:]
+        assert self.att_conv is not None
+        conv = self.att_conv[0]
+        assert isinstance(conv, nn.Conv2d)
+        weight, bias = conv.weight, conv.bias
+        att_r = F.conv2d(residual, weight[:, c:])
+        if (rh, rw) != (h, w):
+            att_r = F.interpolate(att_r, (h, w), mode="nearest")
+        z = torch.sigmoid(F.conv2d(x, weight[:, :c], bias) + att_r)
+        if h % rh == 0 and w % rw == 0:
+            sh, sw = h // rh, w // rw
+            scaled = residual.view(n, c, rh, 1, rw, 1) * z[:, 1:].view(n, 1, rh, sh, rw, sw)
+            return x * z[:, :1] + scaled.view(n, c, h, w)
+        up = F.interpolate(residual, (h, w), mode="nearest")
+        return x * z[:, :1] + up * z[:, 1:]
 
 
 class ReviewKD(FeatureTerm):
