@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from richkd.build import describe_schedule
 from richkd.config import KDConfig, RichKDConfig, load_config, parse_overrides
+from richkd.engine.optim import lr_at, resolve_milestones
 from richkd.errors import RichKDError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +23,9 @@ def test_reference_richkd_defaults() -> None:
     d = cfg.distill
     assert (d.ce_weight, d.kd_weight, d.feat_weight, d.temperature) == (1.0, 3.0, 0.8, 3.0)
     assert cfg.fusion.logit_alpha == 0.7 and cfg.feature_lambda == 0.7 and cfg.fusion.mode == "vlm"
-    assert cfg.optim.milestones == (150, 180, 210) and cfg.train.batch_size == 64
+    assert cfg.optim.milestones == (0.625, 0.75, 0.875) and cfg.train.batch_size == 64
+    # the reference decays after epochs 150, 180 and 210 of 240 (mdistiller configs/cifar100)
+    assert resolve_milestones(cfg.optim.milestones, cfg.train.epochs) == (150, 180, 210)
 
 
 def test_overrides_are_typed() -> None:
@@ -116,7 +121,7 @@ def test_string_override_stays_the_text(text: str) -> None:
         ("optim.lr=fast", "float"),
         ("optim.lr=nan", "float"),
         ("train.compile=1", "bool"),
-        ("optim.milestones=[1, 2.5]", "a list of int"),
+        ("optim.milestones=[1, soon]", "a list of float"),
     ],
 )
 def test_override_of_wrong_type_names_key_value_and_type(override: str, expected: str) -> None:
@@ -132,3 +137,24 @@ def test_overrides_typed_by_field() -> None:
     assert (cfg.seed, cfg.optim.lr, cfg.train.bf16, cfg.train.compile) == (12, 0.5, "auto", True)
     assert cfg.data.test_limit is None and cfg.optim.milestones == (3, 4) and cfg.data.name == "cifar10"
     assert type(cfg.optim.lr) is float and type(cfg.seed) is int
+
+
+def test_milestones_are_fractions_of_the_run_or_whole_epochs(caplog: pytest.LogCaptureFixture) -> None:
+    """Worked by hand: 0.625/0.75/0.875 of 30 epochs = 18.75/22.5/26.25, rounded half up = 19/23/26; of 240 =
+    150/180/210. A whole epoch stays as given; 2.5 is neither and is refused in one line."""
+    assert resolve_milestones((0.625, 0.75, 0.875), 30) == (19, 23, 26)
+    assert resolve_milestones((0.625, 0.75, 0.875), 240) == (150, 180, 210)
+    assert resolve_milestones((150, 0.5), 240) == (150, 120)
+    assert resolve_milestones((0.01,), 10) == (1,)  # never epoch 0: the first epoch keeps the base rate
+    cfg = load_config(None, ["train.epochs=30"], dataset="cifar100", pair="resnet56-resnet20", method="kd")
+    lrs = [lr_at(e, base_lr=0.05, epochs=30, schedule="step", gamma=0.1, warmup_epochs=0,
+                 milestones=resolve_milestones(cfg.optim.milestones, 30)) for e in range(30)]
+    assert lrs[18] == 0.05 and lrs[19] == pytest.approx(0.005) and lrs[29] == pytest.approx(0.05e-3)
+    with pytest.raises(RichKDError, match=r"optim.milestones must be fractions .*got \[1.0, 2.5\]"):
+        load_config(None, ["optim.milestones=[1, 2.5]"])
+    with caplog.at_level(logging.WARNING, logger="richkd.build"):
+        note = describe_schedule("step", (150, 180, 210), 30)
+    assert "150, 180, 210 lie beyond the run" in note and note in caplog.text
+    assert "beyond" not in describe_schedule("step", (19, 23, 26), 30)
+    mlkd = load_config(None, dataset="cifar100", pair="resnet32x4-resnet8x4", method="mlkd-reference")
+    assert resolve_milestones(mlkd.optim.milestones, mlkd.train.epochs) == (150, 180, 210)  # MLKD's config, of 480

@@ -51,7 +51,7 @@ from richkd.engine.checkpoint import load_model_file
 from richkd.engine.device import bf16_is_fast
 from richkd.engine.fold import fold_batchnorm
 from richkd.engine.io import file_sha256
-from richkd.engine.optim import build_optimizer
+from richkd.engine.optim import build_optimizer, milestones_beyond, resolve_milestones
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
@@ -383,11 +383,13 @@ def build_fit(
         foreach=o.foreach,
         fused=o.fused,
     )
+    milestones = resolve_milestones(o.milestones, cfg.train.epochs)
+    schedule_note = describe_schedule(o.schedule, milestones, cfg.train.epochs)
     schedule = Schedule(
         epochs=cfg.train.epochs,
         base_lr=lr,
         schedule=o.schedule,
-        milestones=o.milestones,
+        milestones=milestones,
         gamma=o.gamma,
         warmup_epochs=o.warmup_epochs,
     )
@@ -458,6 +460,7 @@ def build_fit(
         "val_split": val_record,
         "dataset_source": describe_source(full_train),
         "lr": lr,
+        "lr_schedule": schedule_note,
         **subsets,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
         "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,
@@ -505,6 +508,20 @@ def describe_source(split: Split) -> str:
 def resolve_bf16(setting: bool | str, device: torch.device) -> bool:
     """train.bf16=auto: bf16 only where it is faster (on an AMD EPYC without AMX a resnet56 step took 9x longer)."""
     return bf16_is_fast(device) if setting == "auto" else bool(setting)
+
+
+def describe_schedule(schedule: str, milestones: tuple[int, ...], epochs: int) -> str:
+    """The learning-rate schedule in one line for run.json; warns (once, before training) when a step milestone lies
+    at or beyond the last epoch, so a shortened run whose rate never decays says so instead of passing silently."""
+    if schedule == "cosine":
+        return f"cosine to 0 over {epochs} epochs"
+    note = f"step: lr x gamma after epochs {', '.join(map(str, milestones)) or '(none)'} of {epochs}"
+    late = milestones_beyond(milestones, epochs)
+    if late:
+        note += (f"; milestone(s) {', '.join(map(str, late))} lie beyond the run, so that decay never happens "
+                 "(give optim.milestones as fractions of train.epochs, e.g. [0.625, 0.75, 0.875])")
+        log.warning("%s", note)
+    return note
 
 
 def subset_provenance(train_rows: Tensor | None, test_rows: Tensor | None) -> dict[str, Any]:

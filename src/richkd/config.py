@@ -204,7 +204,7 @@ class OptimConfig:
     weight_decay: float = 5e-4  # L2 penalty of SGD
     nesterov: bool = False  # Nesterov momentum
     schedule: Literal["step", "cosine"] = "step"  # step = lr * gamma after each milestone (reference)
-    milestones: tuple[int, ...] = (150, 180, 210)  # epochs after which lr *= gamma
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)  # lr *= gamma after each: fraction of epochs, or epoch
     gamma: float = 0.1  # lr factor at each milestone
     warmup_epochs: int = 0  # linear warm-up (0 = reference)
     foreach: bool = True  # multi-tensor SGD kernel
@@ -260,7 +260,9 @@ class RunConfig:
             (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
             (o.gamma > 0, "optim.gamma must be > 0"),
             (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
-            (all(m >= 1 for m in o.milestones), "optim.milestones must be epochs >= 1"),
+            (all(0 < m < 1 or (m >= 1 and float(m).is_integer()) for m in o.milestones),
+             "optim.milestones must be fractions of train.epochs in (0, 1) or whole epochs >= 1, e.g. [0.5, 0.75] "
+             f"or [150, 180, 210]; got {list(o.milestones)}"),
             (t.threads is None or 1 <= t.threads <= 4096, "train.threads must be in [1, 4096]"),
             (0 <= self.seed <= SEED_MAX, f"seed must be in [0, 2**63 - 1] (torch takes 64-bit seeds), got {self.seed}"),
             (t.eval_every >= 1, "train.eval_every must be >= 1"),

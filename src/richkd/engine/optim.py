@@ -50,6 +50,17 @@ def lr_at(
     return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
 
 
+def resolve_milestones(milestones: Sequence[float], epochs: int) -> tuple[int, ...]:
+    """Epochs after which the step schedule decays: a fraction f in (0, 1) is f·epochs rounded half up (at least 1),
+    so a recipe's schedule follows a shorter or longer run; a value >= 1 is that epoch as given."""
+    return tuple(max(1, math.floor(m * epochs + 0.5)) if m < 1 else int(m) for m in milestones)
+
+
+def milestones_beyond(milestones: Sequence[int], epochs: int) -> tuple[int, ...]:
+    """The milestones a run of `epochs` never reaches: their decay never happens."""
+    return tuple(m for m in milestones if m >= epochs)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
