@@ -1,0 +1,79 @@
+"""Weights & Biases: the resolved config, each epoch's numbers (step = epoch), the summary and the model file as
+an artifact when asked. Offline by default: the run is written under <run_dir>/wandb (`wandb sync` uploads it
+later). The run id is kept in tracking.json and --resume reopens it with resume='allow'; offline, each invocation
+writes its own offline-run-*-<id> folder of the same run, which `wandb sync` uploads in order as one history."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from richkd.engine.io import check_writable
+from richkd.tracking.base import Logger, missing_extra, numeric
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass(frozen=True)
+class WandbOptions:
+    project: str
+    run_name: str
+    mode: str  # offline (default: nothing leaves the machine) | online | disabled
+    entity: str | None = None
+
+
+class WandbLogger(Logger):
+    name = "wandb"
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], options: WandbOptions) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.options = options
+        self.run: Any = None
+
+    def check(self) -> None:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise missing_extra("wandb", "wandb") from None
+        check_writable(self.run_dir / "wandb", "train.loggers wandb folder")
+
+    def open(self, state: dict[str, Any], *, resume_epoch: int | None) -> None:
+        import wandb
+
+        saved = state.get("wandb_run_id")
+        run_id = str(saved) if resume_epoch is not None and saved else secrets.token_hex(4)
+        state["wandb_run_id"] = run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, disable_git=True,
+                                  save_code=False)
+        self.run = wandb.init(
+            project=self.options.project, entity=self.options.entity, name=self.options.run_name, id=run_id,
+            dir=str(self.run_dir), mode=self.options.mode,  # type: ignore[arg-type]
+            resume="allow", config=self.config, settings=settings, reinit="create_new",
+        )
+
+    def holds_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
+        return int(state.get("logged_epoch", 0)) >= epoch
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        values = numeric(record)
+        values["epoch"] = int(record["epoch"])
+        self.run.log(values, step=int(record["epoch"]), commit=True)  # committed now: a kill loses no epoch
+
+    def finish(self, summary: dict[str, Any], model: Path | None) -> None:
+        import wandb
+
+        for key, value in summary.items():
+            self.run.summary[key] = value
+        if model is not None:
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model")
+            artifact.add_file(str(model))
+            self.run.log_artifact(artifact)
+        self.run.finish()
+
+    def close(self, status: str) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=0 if status == "stopped" else 1)
