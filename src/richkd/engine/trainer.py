@@ -321,7 +321,6 @@ def _fit(parts: FitParts, run_dir: Path, *, resume: bool, tracker: Tracker | Non
     last: dict[str, Any] = {}  # the latest evaluation
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
-    last_record: dict[str, Any] | None = None
     resumed = resume and ckpt_path.exists()
     if resumed:
         state = load_training_state(ckpt_path)
@@ -343,7 +342,8 @@ def _fit(parts: FitParts, run_dir: Path, *, resume: bool, tracker: Tracker | Non
     if start_epoch == parts.schedule.epochs and (run_dir / "summary.json").exists():
         tracker = None  # nothing to train (refused below): the trackers' finished runs stay as they are
     if tracker is not None:
-        tracker.open(resume_epoch=start_epoch if resumed else None, record=last_record)
+        tracker.open(resume_epoch=start_epoch if resumed else None,
+                     records=_metrics_records(metrics_path) if resumed else [])
     step_module = dist.wrap_ddp(step_module, device, find_unused_parameters=parts.find_unused_parameters)
     end_epoch = parts.schedule.epochs
     if parts.stop_after is not None:

@@ -1,5 +1,5 @@
 """The logger interface and `Tracker`, the one object the trainer calls: it opens every logger, sends each epoch's
-record to all of them, and keeps tracking.json (run ids, last epoch logged) so a resumed run continues the same
+record to all of them, and keeps tracking.json (the trackers' run ids) so a resumed run continues the same
 histories."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from richkd.errors import RichKDError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "tracking.json"  # run ids of the trackers and the last epoch every logger holds
+STATE_FILE = "tracking.json"  # the trackers' run ids, so a resume continues the same runs
 
 
 def missing_extra(extra: str, module: str) -> RichKDError:
@@ -56,8 +56,8 @@ class Logger(ABC):
         """One epoch's record (metrics.jsonl's line): step = record['epoch']."""
 
     @abstractmethod
-    def holds_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
-        """Whether this tracker already holds `epoch` (asked on resume for the checkpoint's epoch)."""
+    def held_epochs(self, resume_epoch: int) -> set[int]:
+        """After `open` on resume: the epochs this tracker already holds (read back from it where it can say)."""
 
     @abstractmethod
     def finish(self, summary: dict[str, Any], model: Path | None) -> None:
@@ -85,21 +85,22 @@ class Tracker:
         for logger in self.loggers:
             logger.check()
 
-    def open(self, *, resume_epoch: int | None, record: dict[str, Any] | None) -> None:
-        """Open every logger; on resume, send the checkpoint's record to those that do not hold it yet (the run
-        was killed between saving that checkpoint and logging its epoch)."""
+    def open(self, *, resume_epoch: int | None, records: list[dict[str, Any]]) -> None:
+        """Open every logger; on resume, send each one the epochs of `records` (metrics.jsonl up to the checkpoint)
+        it does not hold: the run was killed before they reached it (after the checkpoint, or inside a tracker's
+        write buffer)."""
         if not self.loggers:
             return
         path = self.run_dir / STATE_FILE
         self.state = _read_state(path) if resume_epoch is not None else {}
-        self.state.setdefault("logged_epoch", 0)
         for logger in self.loggers:
             logger.open(self.state, resume_epoch=resume_epoch)
-        if resume_epoch is not None and record is not None:
+        if resume_epoch is not None:
             for logger in list(self.loggers):
-                if not logger.holds_epoch(resume_epoch, self.state):
-                    self._call(logger, "log_epoch", record)
-            self.state["logged_epoch"] = resume_epoch
+                held = logger.held_epochs(resume_epoch)
+                for record in records:
+                    if int(record["epoch"]) not in held and logger in self.loggers:
+                        self._call(logger, "log_epoch", record)
         write_json_atomic(path, self.state)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
@@ -107,8 +108,6 @@ class Tracker:
             return
         for logger in list(self.loggers):
             self._call(logger, "log_epoch", record)
-        self.state["logged_epoch"] = int(record["epoch"])
-        write_json_atomic(self.run_dir / STATE_FILE, self.state)
 
     def finish(self, summary: dict[str, Any], model: Path | None) -> None:
         for logger in list(self.loggers):

@@ -33,8 +33,8 @@ class CsvLogger(Logger):
         self.rows = [r for r in _read_rows(self.path) if int(r["epoch"]) <= resume_epoch]
         self._write()
 
-    def holds_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
-        return any(int(r["epoch"]) == epoch for r in self.rows)
+    def held_epochs(self, resume_epoch: int) -> set[int]:
+        return {int(r["epoch"]) for r in self.rows}
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.rows.append(dict(record))

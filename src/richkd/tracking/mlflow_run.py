@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ class MlflowLogger(Logger):
                 raise missing_extra("mlflow", err.name or "sqlalchemy") from None
             if self.options.artifact_dir is not None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+        # SQLAlchemy warns about MLflow's own mappings (not the user's to fix): keep the run's output clean
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\..*")
         try:
             self.client = MlflowClient(tracking_uri=uri)
             experiment = self.client.get_experiment_by_name(self.options.experiment)
@@ -101,9 +104,8 @@ class MlflowLogger(Logger):
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
-    def holds_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
-        history = self.client.get_metric_history(self.run_id, "train/loss")
-        return any(m.step == epoch for m in history)
+    def held_epochs(self, resume_epoch: int) -> set[int]:
+        return {int(m.step) for m in self.client.get_metric_history(self.run_id, "train/loss")}  # in every record
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         from mlflow.entities import Metric

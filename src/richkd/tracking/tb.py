@@ -40,8 +40,8 @@ class TensorBoardLogger(Logger):
         else:
             self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=resume_epoch)
 
-    def holds_epoch(self, epoch: int, state: dict[str, Any]) -> bool:
-        return False  # purge_step discarded it: always written again
+    def held_epochs(self, resume_epoch: int) -> set[int]:
+        return set(range(1, resume_epoch))  # flushed each epoch; purge_step hides resume_epoch on: written again
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         step = int(record["epoch"])
