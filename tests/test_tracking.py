@@ -61,10 +61,16 @@ sys.exit(main(argv))
 
 
 @pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path) -> dict[str, Any]:
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One decoded copy of the tiny archive for every run of this module."""
+    return tmp_path_factory.mktemp("tracking-dc")
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory, tiny_cifar10: Path, data_cache: Path) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("tracking")
     out = tmp / "exp" / "run-a"
-    argv = _args(tiny_cifar10, out, tmp / "dc", LOGGERS, "train.log_model=true")
+    argv = _args(tiny_cifar10, out, data_cache, LOGGERS, "train.log_model=true")
     env = _env(tmp)
     killed = subprocess.run([sys.executable, "-c", KILL_IN_LOGGING, "wandb", *argv], env=env, capture_output=True,
                             text=True, timeout=600)
@@ -192,12 +198,12 @@ BAD_STORE = "sqlite:////proc/no-such-dir/mlflow.db"
 )
 def test_a_tracker_that_cannot_start_is_one_line_before_training(
     loggers: str, blocked: tuple[str, ...], more: tuple[str, ...], expected: str, tiny_cifar10: Path,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    data_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     for module in blocked:  # as if the extra were not installed: `import module` raises ImportError
         monkeypatch.setitem(sys.modules, module, None)
     out = tmp_path / "run"
-    code = main(_args(tiny_cifar10, out, tmp_path / "dc", f"train.loggers=[{loggers}]", *more))
+    code = main(_args(tiny_cifar10, out, data_cache, f"train.loggers=[{loggers}]", *more))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("richkd: error: ") and expected in err[0], err
@@ -207,9 +213,9 @@ def test_a_tracker_that_cannot_start_is_one_line_before_training(
 # ------------------------------------------------------------------------- DDP: rank 0 alone logs
 
 
-def test_under_ddp_only_rank_0_logs(tiny_cifar10: Path, tmp_path: Path) -> None:
+def test_under_ddp_only_rank_0_logs(tiny_cifar10: Path, data_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "exp" / "ddp"
-    argv = _args(tiny_cifar10, out, tmp_path / "dc", "train.loggers=[csv,tensorboard]", "train.epochs=2")
+    argv = _args(tiny_cifar10, out, data_cache, "train.loggers=[csv,tensorboard]", "train.epochs=2")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run([*launcher, "-m", "richkd", *argv], env=_env(tmp_path), capture_output=True, text=True,
                           timeout=600)

@@ -341,6 +341,8 @@ def build_fit(
     """Build everything a run needs, failing before any file is written. Returns (parts, provenance).
 
     `previous`: the run.json of the run being resumed; refused when its subsets are other rows than today's."""
+    tracker = build_tracker(cfg)
+    tracker.check()  # a tracker that cannot start fails first: before the data are read, long before any epoch
     streamed = cfg.data.name == STREAMED_DATASET
     full_train: Split
     subsets: dict[str, Any] = {}  # streamed data are never subset
@@ -427,8 +429,6 @@ def build_fit(
         )
         test_data = DeviceData(test, device)
     t = cfg.train
-    tracker = build_tracker(cfg)
-    tracker.check()  # a tracker that cannot start fails here, before any epoch
     val_data = DeviceData(val, device) if val is not None else None
     val_record = val_split.record() if val_split is not None else None
     parts = FitParts(
