@@ -193,8 +193,10 @@ BAD_STORE = "sqlite:////proc/no-such-dir/mlflow.db"
         ("mlflow", (), (f"train.mlflow_uri={BAD_STORE}",), f"train.mlflow_uri='{BAD_STORE}': MLflow cannot open"),
         ("mlflow", (), ("train.mlflow_uri=runs/mlflow",), "is not a store URI: use sqlite:///PATH/mlflow.db"),
         ("jsonl,csv,csv", (), (), "train.loggers names a logger twice"),
+        ("jsonl,tb", (), (), "invalid override train.loggers=[jsonl,tb]: expected a list of one of 'jsonl', 'csv'"),
     ],
-    ids=["tensorboard-missing", "mlflow-missing", "wandb-missing", "mlflow-bad-store", "mlflow-not-a-uri", "twice"],
+    ids=["tensorboard-missing", "mlflow-missing", "wandb-missing", "mlflow-bad-store", "mlflow-not-a-uri", "twice",
+         "unknown"],
 )
 def test_a_tracker_that_cannot_start_is_one_line_before_training(
     loggers: str, blocked: tuple[str, ...], more: tuple[str, ...], expected: str, tiny_cifar10: Path,
@@ -228,3 +230,30 @@ def test_under_ddp_only_rank_0_logs(tiny_cifar10: Path, data_cache: Path, tmp_pa
     assert [s.step for s in events.Scalars("train/loss")] == [1, 2]
     with (out / "metrics.csv").open(newline="") as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+def test_a_tracker_failing_mid_run_is_a_warning_and_training_goes_on(
+    tiny_cifar10: Path, data_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from richkd.tracking import CsvLogger
+
+    real = CsvLogger.log_epoch
+
+    def full_disk(self: CsvLogger, record: dict[str, Any]) -> None:
+        if record["epoch"] == 2:
+            raise OSError(28, "No space left on device", str(self.path))
+        real(self, record)
+
+    monkeypatch.setattr(CsvLogger, "log_epoch", full_disk)
+    out = tmp_path / "exp" / "disk"
+    assert main(_args(tiny_cifar10, out, data_cache, "train.loggers=[csv,tensorboard]")) == 0
+    assert any("train.loggers: csv failed (OSError" in r.getMessage() for r in caplog.records)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == EPOCHS and (out / "summary.json").is_file()
+    with (out / "metrics.csv").open(newline="") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1], "the csv logger stopped at its failure"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("train/loss")] == [1, 2, 3], "the other trackers went on"

@@ -12,10 +12,7 @@ from richkd.tracking.mlflow_run import MlflowLogger, MlflowOptions
 from richkd.tracking.tb import TensorBoardLogger
 from richkd.tracking.wandb_run import WandbLogger, WandbOptions
 
-LOGGER_NAMES = ("jsonl", "csv", "tensorboard", "mlflow", "wandb")
-
 __all__ = [
-    "LOGGER_NAMES",
     "CsvLogger",
     "Logger",
     "MlflowLogger",

@@ -59,6 +59,13 @@ class Logger(ABC):
     def held_epochs(self, resume_epoch: int) -> set[int]:
         """After `open` on resume: the epochs this tracker already holds (read back from it where it can say)."""
 
+    def fill(self, resume_epoch: int, records: list[dict[str, Any]]) -> None:
+        """On resume: log every epoch of `records` this tracker does not hold yet."""
+        held = self.held_epochs(resume_epoch)
+        for record in records:
+            if int(record["epoch"]) not in held:
+                self.log_epoch(record)
+
     @abstractmethod
     def finish(self, summary: dict[str, Any], model: Path | None) -> None:
         """The final summary, and the model file as an artifact when given (train.log_model)."""
@@ -92,16 +99,25 @@ class Tracker:
         if not self.loggers:
             return
         path = self.run_dir / STATE_FILE
-        self.state = _read_state(path) if resume_epoch is not None else {}
+        if resume_epoch is None:  # a fresh run; a tracking.json here is of a start killed before its first epoch
+            self.state = {"replaces": _read_state(path)} if path.is_file() else {}
+        else:
+            self.state = _read_state(path)
         for logger in self.loggers:
-            logger.open(self.state, resume_epoch=resume_epoch)
+            try:
+                logger.open(self.state, resume_epoch=resume_epoch)
+            except RichKDError:
+                raise
+            except Exception as err:  # wandb.init without a login, an MLflow server gone since the check ...
+                raise RichKDError(
+                    f"train.loggers: {logger.name} could not start ({type(err).__name__}: {_first_line(err)}); fix "
+                    f"it or drop {logger.name} from train.loggers"
+                ) from None
+        self.state.pop("replaces", None)
+        write_json_atomic(path, self.state)  # the run ids, before any epoch goes to them
         if resume_epoch is not None:
             for logger in list(self.loggers):
-                held = logger.held_epochs(resume_epoch)
-                for record in records:
-                    if int(record["epoch"]) not in held and logger in self.loggers:
-                        self._call(logger, "log_epoch", record)
-        write_json_atomic(path, self.state)
+                self._call(logger, "fill", resume_epoch, records)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         if not self.loggers:
@@ -125,7 +141,7 @@ class Tracker:
             getattr(logger, method)(*args)
         except Exception as err:
             log.warning("train.loggers: %s failed (%s: %s); it logs nothing more in this run", logger.name,
-                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                        type(err).__name__, _first_line(err))
             self.loggers.remove(logger)
             try:
                 logger.close("failed")
@@ -143,3 +159,8 @@ def _read_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise RichKDError(f"--resume: {path} is not a JSON object: delete it to start new tracker runs")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else ""

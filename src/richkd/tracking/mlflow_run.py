@@ -93,6 +93,9 @@ class MlflowLogger(Logger):
                 f"--resume: the MLflow run {saved} recorded in {self.run_dir / 'tracking.json'} is not in "
                 f"{self.options.tracking_uri}: point train.mlflow_uri at the store the run started with"
             )
+        stale = state.get("replaces", {}).get("mlflow_run_id")
+        if stale and self._get_run(str(stale)) is not None:  # killed before its first epoch ended: not RUNNING
+            self.client.set_terminated(str(stale), status="KILLED")
         run = self.client.create_run(self.experiment_id, run_name=self.options.run_name,
                                      tags={"richkd.run_dir": str(self.run_dir.resolve())})
         self.run_id = run.info.run_id

@@ -41,6 +41,7 @@ class WandbLogger(Logger):
         self.config = config
         self.options = options
         self.run: Any = None
+        self.earlier: list[Path] = []  # the offline folders of this run from earlier invocations
 
     def check(self) -> None:
         try:
@@ -75,7 +76,7 @@ class WandbLogger(Logger):
     def log_epoch(self, record: dict[str, Any]) -> None:
         values = numeric(record)
         values["epoch"] = int(record["epoch"])
-        self.run.log(values, step=int(record["epoch"]), commit=True)  # committed now: a kill loses no epoch
+        self.run.log(values, step=int(record["epoch"]), commit=True)  # committed now, not held for the next step
 
     def finish(self, summary: dict[str, Any], model: Path | None) -> None:
         import wandb
