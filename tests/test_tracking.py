@@ -21,6 +21,7 @@ from richkd.cli import main
 
 pytestmark = pytest.mark.shared_data
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # this process reads the MLflow store back: offline too
 tensorboard = pytest.importorskip("tensorboard", reason="pip install 'richkd[tensorboard]'")
 mlflow = pytest.importorskip("mlflow", reason="pip install 'richkd[mlflow]'")
 wandb = pytest.importorskip("wandb", reason="pip install 'richkd[wandb]'")
@@ -135,7 +136,8 @@ def test_mlflow_run_holds_the_config_and_every_epoch_once(killed_run: dict[str, 
 
 def _wandb_records(folder: Path, env: dict[str, str]) -> list[dict[str, Any]]:
     """The records of an offline run's transaction log, as W&B's own reader prints them."""
-    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
+                          env={**env, "WANDB_MODE": "offline"},  # offline: leet reports nothing to W&B
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]

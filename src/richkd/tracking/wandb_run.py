@@ -44,6 +44,8 @@ class WandbLogger(Logger):
         self.earlier: list[Path] = []  # the offline folders of this run from earlier invocations
 
     def check(self) -> None:
+        if self.options.mode != "online":  # offline means offline: no crash reports to W&B's error service either
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         try:
             import wandb  # noqa: F401
         except ImportError:
