@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step setup: a virtual environment in .venv with richkd (editable), its test tools, the offline
-# surrogate teacher, ONNX export/runtime and simplejpeg; plus, when run as root on Debian/Ubuntu, tcmalloc
-# (faster CPU training) and Fashion-MNIST.
+# surrogate teacher, ONNX export/runtime, simplejpeg and the experiment trackers (TensorBoard, MLflow, W&B);
+# plus, when run as root on Debian/Ubuntu, tcmalloc (faster CPU training) and Fashion-MNIST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,8 +13,9 @@ fi
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.14.1") on a GPU machine.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 # export: onnx + onnxruntime, ~10 s; imagenet: simplejpeg (faster JPEG decode, same pixels as Pillow);
-# cluster: submitit (the study's slurm executor)
-.venv/bin/python -m pip install -q -e ".[dev,surrogate,export,imagenet,cluster]"
+# cluster: submitit (the study's slurm executor); tensorboard, mlflow, wandb: train.loggers' trackers, so CI
+# tests them (docs/tracking.md; together ~30 s more with a warm pip cache)
+.venv/bin/python -m pip install -q -e ".[dev,surrogate,export,imagenet,cluster,tensorboard,mlflow,wandb]"
 # Optional system packages: tcmalloc (faster CPU training) and Fashion-MNIST (the demo's default data).
 APT_PKGS="libtcmalloc-minimal4 dataset-fashion-mnist"
 if command -v apt-get >/dev/null 2>&1 && ! dpkg -s $APT_PKGS >/dev/null 2>&1; then

@@ -129,6 +129,10 @@ def _text_and_value(tp: typing.Any) -> st.SearchStrategy[tuple[str, typing.Any]]
         return st.one_of(members)
     if origin is typing.Literal:
         return st.sampled_from([(a, a) for a in args])
+    if origin is tuple and typing.get_origin(args[0]) is typing.Literal:  # train.loggers: a list of names
+        names = st.lists(st.sampled_from(typing.get_args(args[0])), max_size=4)
+        return st.one_of(names.map(lambda v: ("[" + ", ".join(v) + "]", tuple(v))),
+                         names.filter(bool).map(lambda v: (",".join(v), tuple(v))))
     if origin is tuple:
         ints = st.lists(st.integers(-10**6, 10**6), max_size=4)
         return st.one_of(ints.map(lambda v: ("[" + ", ".join(map(str, v)) + "]", tuple(v))),

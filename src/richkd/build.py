@@ -25,6 +25,7 @@ from richkd.config import (
     RichKDConfig,
     RunConfig,
     VanillaConfig,
+    config_to_dict,
 )
 from richkd.data import ArrayDataset, load_dataset
 from richkd.data.loader import DeviceData
@@ -57,6 +58,17 @@ from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
 from richkd.models.base import keep_bn_statistics
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
+from richkd.tracking import (
+    CsvLogger,
+    Logger,
+    MlflowLogger,
+    MlflowOptions,
+    TensorBoardLogger,
+    Tracker,
+    WandbLogger,
+    WandbOptions,
+)
+from richkd.tracking.mlflow_run import MLFLOW_ARTIFACTS, default_uri
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +341,8 @@ def build_fit(
     """Build everything a run needs, failing before any file is written. Returns (parts, provenance).
 
     `previous`: the run.json of the run being resumed; refused when its subsets are other rows than today's."""
+    tracker = build_tracker(cfg)
+    tracker.check()  # a tracker that cannot start fails first: before the data are read, long before any epoch
     streamed = cfg.data.name == STREAMED_DATASET
     full_train: Split
     subsets: dict[str, Any] = {}  # streamed data are never subset
@@ -443,6 +457,8 @@ def build_fit(
         find_unused_parameters=leaves_parameter_unused(cfg),
         val_data=val_data,
         val_rows_sha256=val_record["val_rows_sha256"] if val_record is not None else None,
+        tracker=tracker,
+        log_model=t.log_model,
     )
     provenance = {
         "richkd_version": __version__,
@@ -466,6 +482,53 @@ def build_fit(
         "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,
     }
     return parts, provenance
+
+
+def flatten_config(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as dotted keys (train.epochs: 240): what trackers record as the run's params."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config_to_dict(cfg), "")
+    return flat
+
+
+def build_tracker(cfg: RunConfig) -> Tracker:
+    """The loggers of train.loggers (rank 0 only: under DDP the other ranks log nothing). metrics.jsonl is the
+    trainer's own record, written whatever the list says; `jsonl` adds no logger."""
+    run_dir = Path(cfg.out_dir)
+    if not dist.is_main():
+        return Tracker(run_dir, [])
+    t = cfg.train
+    config = flatten_config(cfg)
+    group = run_dir.resolve().parent.name or "richkd"  # experiment / project: the folder the run dirs share
+    name = run_dir.resolve().name or "run"
+    loggers: list[Logger] = []
+    for kind in t.loggers:
+        if kind == "csv":
+            loggers.append(CsvLogger(run_dir))
+        elif kind == "tensorboard":
+            loggers.append(TensorBoardLogger(run_dir, config))
+        elif kind == "mlflow":
+            local = t.mlflow_uri is None
+            options = MlflowOptions(
+                tracking_uri=default_uri(run_dir) if local else str(t.mlflow_uri),
+                experiment=t.mlflow_experiment or group,
+                run_name=name,
+                artifact_dir=run_dir / MLFLOW_ARTIFACTS if local else None,
+            )
+            loggers.append(MlflowLogger(run_dir, config, options))
+        elif kind == "wandb":
+            options_w = WandbOptions(project=t.wandb_project or group, run_name=name, mode=t.wandb_mode,
+                                     entity=t.wandb_entity)
+            loggers.append(WandbLogger(run_dir, config, options_w))
+    return Tracker(run_dir, loggers)
 
 
 STREAMED_DATASET = "imagenet"  # data.name read from disk batch by batch (data/stream), never held in memory

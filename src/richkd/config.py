@@ -68,6 +68,7 @@ class VLMConfig:
 
 
 FusionMode = Literal["off", "vlm", "control"]
+LoggerName = Literal["jsonl", "csv", "tensorboard", "mlflow", "wandb"]  # train.loggers (richkd.tracking)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,15 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar (auto-off when stderr is not a terminal)
     max_steps_per_epoch: int | None = None  # cap steps per epoch (smoke tests, benchmarks)
     stop_after: int | None = None  # end this invocation after N epochs (time-boxed jobs); finish with --resume
+    loggers: tuple[LoggerName, ...] = ("jsonl",)  # experiment trackers, several at once: jsonl csv tensorboard
+    # mlflow wandb (docs/tracking.md); metrics.jsonl is always written (resume and reports read it)
+    log_model: bool = False  # trackers also keep the last model (model_last.pt) as an artifact (mlflow, wandb)
+    mlflow_uri: str | None = None  # MLflow store; None = sqlite:///<out_dir>/mlflow.db (local, offline)
+    mlflow_experiment: str | None = None  # MLflow experiment; None = the name of out_dir's parent folder
+    wandb_project: str | None = None  # W&B project; None = the name of out_dir's parent folder
+    wandb_entity: str | None = None  # W&B entity (team or user); None = the account's default
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"  # offline: written under out_dir/wandb,
+    # nothing leaves the machine (`wandb sync` uploads it later)
 
 
 @dataclass(frozen=True)
@@ -268,6 +278,12 @@ class RunConfig:
             (t.eval_every >= 1, "train.eval_every must be >= 1"),
             (t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1"),
             (t.stop_after is None or t.stop_after >= 1, "train.stop_after must be >= 1"),
+            (len(set(t.loggers)) == len(t.loggers), f"train.loggers names a logger twice: {list(t.loggers)}"),
+            (t.mlflow_uri is None or _is_mlflow_uri(t.mlflow_uri),
+             f"train.mlflow_uri={t.mlflow_uri!r} is not a store URI: use sqlite:///PATH/mlflow.db, file:///PATH, "
+             "http(s)://HOST or databricks"),
+            (all(v is None or v.strip() for v in (t.mlflow_experiment, t.wandb_project, t.wandb_entity)),
+             "train.mlflow_experiment, train.wandb_project and train.wandb_entity must not be empty"),
             (self.data.pad >= 0, "data.pad must be >= 0"),
             (self.data.train_limit is None or self.data.train_limit >= 1, "data.train_limit must be >= 1"),
             (self.data.test_limit is None or self.data.test_limit >= 1, "data.test_limit must be >= 1"),
@@ -379,6 +395,14 @@ class RunConfig:
 
 FLOAT32_MAX = 3.4028234663852886e38  # tensors hold these values in float32: a larger one is inf there
 INT64_MAX = 2**63 - 1  # torch sizes and indices are int64: a larger int raises "Overflow when unpacking long"
+_MLFLOW_SCHEMES = ("sqlite:///", "file:", "http://", "https://", "databricks", "postgresql", "mysql", "mssql")
+
+
+def _is_mlflow_uri(uri: str) -> bool:
+    """A store URI MLflow opens (a bare path would make MLflow pick a store kind by itself: say which one)."""
+    return uri.startswith(_MLFLOW_SCHEMES) and len(uri) > len("file:")
+
+
 WIDTH_MAX = 65536  # distill.embed_dim: an embedding wider than this is a typo (and gigabytes per bank row)
 
 

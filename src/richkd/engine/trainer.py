@@ -35,6 +35,7 @@ from richkd.engine.io import append_line, write_json_atomic, write_text_atomic
 from richkd.engine.optim import lr_at, set_lr
 from richkd.errors import RichKDError
 from richkd.teachers.frozen import TargetSource
+from richkd.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class FitParts:
     find_unused_parameters: bool = False  # DDP: some trainable parameter never enters the loss
     val_data: DeviceData | None = None  # held-out training rows (data.val_split): they choose the best epoch
     val_rows_sha256: str | None = None  # which rows val_data holds; a resume must hold the same ones
+    tracker: Tracker | None = None  # train.loggers beyond metrics.jsonl (rank 0 only; None: none)
+    log_model: bool = False  # the trackers also keep model_last.pt as an artifact
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -297,7 +300,18 @@ def _feed_info(parts: FitParts) -> dict[str, Any]:
 
 
 def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
-    """Train for `parts.schedule.epochs`; returns the summary also written to run_dir/summary.json."""
+    """Train for `parts.schedule.epochs`; returns the summary also written to run_dir/summary.json. The trackers
+    (train.loggers) are told when the run ends early: an error, an interrupt."""
+    tracker = parts.tracker if parts.tracker and dist.is_main() else None
+    try:
+        return _fit(parts, run_dir, resume=resume, tracker=tracker)
+    except BaseException as err:
+        if tracker is not None:
+            tracker.close("killed" if isinstance(err, KeyboardInterrupt) else "failed")
+        raise
+
+
+def _fit(parts: FitParts, run_dir: Path, *, resume: bool, tracker: Tracker | None) -> dict[str, Any]:
     device = parts.test_data.device
     generator = torch.Generator().manual_seed(parts.seed)
     step_module: nn.Module = StepModule(parts.student, parts.distiller)
@@ -307,7 +321,8 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     last: dict[str, Any] = {}  # the latest evaluation
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
-    if resume and ckpt_path.exists():
+    resumed = resume and ckpt_path.exists()
+    if resumed:
         state = load_training_state(ckpt_path)
         restore_training_state(step_module, state, path=ckpt_path, key="student_and_distiller", arch=parts.arch)
         parts.optimizer.load_state_dict(state["optimizer"])
@@ -324,6 +339,11 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     elif dist.is_main():
         metrics_path.unlink(missing_ok=True)  # a fresh run's history starts empty: never appended to another's
+    if start_epoch == parts.schedule.epochs and (run_dir / "summary.json").exists():
+        tracker = None  # nothing to train (refused below): the trackers' finished runs stay as they are
+    if tracker is not None:
+        tracker.open(resume_epoch=start_epoch if resumed else None,
+                     records=_metrics_records(metrics_path) if resumed else [])
     step_module = dist.wrap_ddp(step_module, device, find_unused_parameters=parts.find_unused_parameters)
     end_epoch = parts.schedule.epochs
     if parts.stop_after is not None:
@@ -385,9 +405,13 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
                 },
             )
             _append_jsonl(metrics_path, record)
+            if tracker is not None:
+                tracker.log_epoch(record)  # after the checkpoint: on resume only its epoch may be missing
         log.info(_format_record(record, parts.schedule.epochs))
     if end_epoch < parts.schedule.epochs:
         log.info("stopped after epoch %d of %d; continue with --resume", end_epoch, parts.schedule.epochs)
+        if tracker is not None:
+            tracker.close("stopped")
         return {"stopped_at_epoch": end_epoch, "epochs": parts.schedule.epochs}
     if not last or (start_epoch == parts.schedule.epochs and (run_dir / "summary.json").exists()):
         raise RichKDError(f"nothing to train: the run in {run_dir} already finished; use a new out_dir")
@@ -409,6 +433,8 @@ def fit(parts: FitParts, run_dir: Path, *, resume: bool) -> dict[str, Any]:
     }
     if dist.is_main():
         write_json_atomic(run_dir / "summary.json", summary)
+    if tracker is not None:
+        tracker.finish(summary, run_dir / "model_last.pt" if parts.log_model else None)
     return summary
 
 
