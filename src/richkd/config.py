@@ -55,6 +55,9 @@ class ModelConfig:
     student: str = "resnet8x4"  # zoo name of the student (`richkd models` lists them)
     teacher: str | None = None  # zoo name of the frozen CNN teacher
     teacher_checkpoint: str | None = None  # weights file written by `richkd train` (model_last.pt) or mdistiller
+    # initial weights of the model trained: random | pretrained (the ImageNet weights an installed package ships:
+    # efficientnet_lite0) | a local weights file (safetensors or torch state dict; a head of another size is replaced)
+    student_init: str = "random"
     teacher_cache: str | None = None  # `richkd teacher cache` output: look the teacher's outputs up per (row, crop,
     # flip) instead of running it (same augmentation draws; needs the same checkpoint, data, pad)
 
