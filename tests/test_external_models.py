@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from richkd.cli import main
 from richkd.data import load_dataset
 from richkd.engine.checkpoint import save_model
 from richkd.errors import RichKDError
@@ -137,9 +138,12 @@ def test_lite0_teacher_fine_tuned_on_real_images_then_distilled_and_exported(
     richkd("export", str(teacher_dir / "model_last.pt"), "--out", str(tmp_path / "export"))
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     assert card["arch"] == "efficientnet_lite0"
-    out = richkd("classify", str(tmp_path / "export" / "model.safetensors"), str(grey_png(tmp_path / "g.png")),
-                 "--top-k", "1", "--format", "jsonl")
-    assert len(out.stdout.strip().splitlines()) == 1
+    from richkd.export.load import load_model
+
+    exported, trained = load_model(tmp_path / "export" / "model.safetensors"), load_model(teacher_dir / "model_last.pt")
+    assert exported.spec == trained.spec and exported.spec.size == (32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(exported.logits(x), trained.logits(x))
 
 
 # ---------------------------------------------------------------- teacher input adaptation (hand-worked)
@@ -195,7 +199,7 @@ def test_module_name_refuses_factories_no_other_process_can_import() -> None:
 
 @pytest.mark.shared_data
 def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_code(
-    tmp_path: Path, tiny_cifar10: Path, user_package: Path
+    tmp_path: Path, tiny_cifar10: Path, user_package: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from richkd.build import build_fit
     from richkd.config import load_config
@@ -207,20 +211,21 @@ def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_c
                              "distill.method=vanilla", "train.max_steps_per_epoch=2", f"out_dir={run_dir}"])
     with pytest.raises(RichKDError, match="pass --allow-code"):
         build_fit(cfg, torch.device("cpu"))
+    sys.modules.pop("richkd_user_nets", None)
     parts, _ = build_fit(cfg, torch.device("cpu"), allow_code=True)
     fit(parts, run_dir, resume=False)
-    env = {"PYTHONPATH": os.pathsep.join([str(user_package), os.environ.get("PYTHONPATH", "")])}
-    out = tmp_path / "export"
-    refused = richkd("export", str(run_dir / "model_last.pt"), "--out", str(out), check=False, env=env)
-    assert refused.returncode == 2 and "--allow-code" in refused.stderr and "Traceback" not in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not out.exists()
-    richkd("export", str(run_dir / "model_last.pt"), "--out", str(out), "--allow-code", env=env)
-    image = grey_png(tmp_path / "grey.png")
-    refused = richkd("classify", str(out / "model.safetensors"), str(image), check=False, env=env)
-    assert refused.returncode == 2 and "--allow-code" in refused.stderr
-    shown = richkd("classify", str(out / "model.safetensors"), str(image), "--allow-code", "--format", "jsonl",
-                   env=env)
-    assert json.loads(shown.stdout.splitlines()[0])
+    sys.modules.pop("richkd_user_nets", None)
+    out, image = tmp_path / "export", grey_png(tmp_path / "grey.png")
+    assert main(["export", str(run_dir / "model_last.pt"), "--out", str(out)]) == 2
+    refused = capsys.readouterr().err
+    assert "--allow-code" in refused and len(refused.strip().splitlines()) == 1 and not out.exists()
+    assert "richkd_user_nets" not in sys.modules  # opening the file imported nothing
+    assert main(["export", str(run_dir / "model_last.pt"), "--out", str(out), "--allow-code"]) == 0
+    capsys.readouterr()
+    assert main(["classify", str(out / "model.safetensors"), str(image)]) == 2
+    assert "--allow-code" in capsys.readouterr().err
+    assert main(["classify", str(out / "model.safetensors"), str(image), "--allow-code", "--format", "jsonl"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])
 
 
 # ---------------------------------------------------------------- timm / torchvision (extras venv)

@@ -216,6 +216,8 @@ def _torchvision_meta(tv: Any, name: str) -> NativeInput:
 
 class EfficientNetLite0(ZooModel):
     """EfficientNet-Lite0 (`efficientnet-lite-pytorch`, ReLU6, no squeeze-excite): 4.65 M parameters at 1000 classes.
+    BatchNorm momentum 0.1 (PyTorch's and timm's default; the package's TF-style 0.01 barely moves the running
+    statistics in a short fine-tune, so evaluation would still normalise with ImageNet's).
 
     Stages as timm's `efficientnet_lite0` feature_info: the last block at each resolution (16/24/40/112/320 channels
     at strides 2-32); pooled = the 1280-wide head after global average pooling; BN before each stage map: the
@@ -228,6 +230,9 @@ class EfficientNetLite0(ZooModel):
     def __init__(self, num_classes: int) -> None:
         package = _require("efficientnet_lite_pytorch", LITE_HINT, LITE0)
         net = package.EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+        for module in net.modules():  # TF's 0.99 decay (momentum 0.01) leaves the running statistics of a short
+            if isinstance(module, nn.BatchNorm2d):  # fine-tune at ImageNet's: PyTorch's default, as timm's Lite0
+                module.momentum = 0.1
         blocks = list(net._blocks)
         taps = [i for i in range(len(blocks)) if i == len(blocks) - 1 or _stride(blocks[i + 1]) > 1]
         channels = (int(blocks[taps[0]]._bn2.num_features),) + tuple(int(blocks[i]._bn2.num_features) for i in taps[1:])
