@@ -305,8 +305,8 @@ def user_model(spec: str, num_classes: int, *, allow_code: bool) -> ZooModel:
     if not sep or not mod or not qual:
         raise RichKDError(f"model {spec!r}: write module:PKG.MODULE:FACTORY (a function num_classes -> nn.Module)")
     if not allow_code:
-        raise RichKDError(f"model {spec!r} is rebuilt by running your code ({mod}.{qual}): pass --allow-code "
-                          "(Python: allow_code=True) if you trust it")
+        raise RichKDError(f"model {spec!r} is rebuilt by running your code ({mod}.{qual}), which needs the explicit "
+                          "opt-in: richkd export/classify --allow-code, or allow_code=True in Python, if you trust it")
     try:
         obj: Any = importlib.import_module(mod)
         for part in qual.split("."):
