@@ -48,7 +48,7 @@ from richkd.distill import (
 from richkd.distill.features import FEATURE_TERMS, FeatureOptions, WithFeature, build_feature_term
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
-from richkd.engine.checkpoint import load_model_file
+from richkd.engine.checkpoint import load_model_file, read_model_file
 from richkd.engine.device import bf16_is_fast
 from richkd.engine.fold import fold_batchnorm
 from richkd.engine.io import file_sha256
@@ -57,6 +57,14 @@ from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
 from richkd.models.base import keep_bn_statistics
+from richkd.models.external import (
+    NativeInput,
+    TeacherInput,
+    is_external,
+    load_init_weights,
+    same_input,
+    teacher_input,
+)
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.tracking import (
     CsvLogger,
@@ -85,18 +93,27 @@ def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     return train, test
 
 
-def build_teacher(cfg: RunConfig, classes: tuple[str, ...], device: torch.device) -> nn.Module:
+def build_teacher(
+    cfg: RunConfig, classes: tuple[str, ...], device: torch.device, *,
+    student_input: NativeInput | None = None, allow_code: bool = False,
+) -> nn.Module:
+    """The frozen teacher; fed with its own input size and normalisation (recorded in its model file, or a bare
+    timm/torchvision/Lite0 network's pretrained convention) when they differ from the student's `student_input`."""
     assert cfg.model.teacher is not None and cfg.model.teacher_checkpoint is not None
-    model = create_model(cfg.model.teacher, len(classes))
-    load_model_file(
-        Path(cfg.model.teacher_checkpoint),
-        model,
-        arch=cfg.model.teacher,
-        num_classes=len(classes),
-        classes=classes,
-    )
+    model = create_model(cfg.model.teacher, len(classes), allow_code=allow_code)
+    checkpoint = Path(cfg.model.teacher_checkpoint)
+    recorded = read_model_file(checkpoint)[1]
+    if not recorded and is_external(cfg.model.teacher):  # a bare timm / torchvision / Lite0 state dict
+        load_init_weights(model, str(checkpoint), arch=cfg.model.teacher, replace_head=False)
+    else:
+        load_model_file(checkpoint, model, arch=cfg.model.teacher, num_classes=len(classes), classes=classes)
     teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
     keep_bn_statistics(model, teacher)  # folding removes the BNs; OFD's margin reads their statistics
+    own = teacher_input(recorded, model) if student_input is not None else None
+    if own is not None and student_input is not None and not same_input(own, student_input):
+        log.info("teacher input: resized to %s and renormalised (its own), the student's is %s",
+                 own.size, student_input.size)
+        teacher = TeacherInput(teacher, source=student_input, target=own).to(device)
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if cfg.train.compile:  # frozen forward: compiling fuses its BatchNorm/ReLU/add into the convolutions
@@ -289,7 +306,7 @@ def is_exact(cfg: RunConfig) -> bool:
 
 
 def build_targets(
-    cfg: RunConfig, train: Split, run_rows: Tensor | None, device: torch.device
+    cfg: RunConfig, train: Split, run_rows: Tensor | None, device: torch.device, *, allow_code: bool = False
 ) -> tuple[TargetSource | None, nn.Module | CachedTeacher | None, TargetCache | None, Tensor | None]:
     """(targets, teacher, cache, cache_row_map); `train` is the whole split, `run_rows` the subset trained on.
 
@@ -305,7 +322,11 @@ def build_targets(
         assert isinstance(train, ArrayDataset)  # config.validate refuses a teacher cache on streamed data
         teacher = source = open_teacher_cache(cfg, train, run_rows, device)
     else:
-        teacher = build_teacher(cfg, train.classes, device)
+        student_input = None
+        if isinstance(train, ArrayDataset):
+            height, width = (int(v) for v in train.images.shape[-2:])
+            student_input = NativeInput((height, width), train.mean, train.std)
+        teacher = build_teacher(cfg, train.classes, device, student_input=student_input, allow_code=allow_code)
         source = OnlineTeacher(teacher)
     mode = cfg.fusion.mode
     if mode == "off":
@@ -336,11 +357,12 @@ def exact_views(cfg: RunConfig, cache: TargetCache | None) -> bool:
 
 
 def build_fit(
-    cfg: RunConfig, device: torch.device, previous: Mapping[str, Any] | None = None
+    cfg: RunConfig, device: torch.device, previous: Mapping[str, Any] | None = None, *, allow_code: bool = False
 ) -> tuple[FitParts, dict[str, Any]]:
     """Build everything a run needs, failing before any file is written. Returns (parts, provenance).
 
-    `previous`: the run.json of the run being resumed; refused when its subsets are other rows than today's."""
+    `previous`: the run.json of the run being resumed; refused when its subsets are other rows than today's.
+    `allow_code`: the explicit opt-in that a `module:PKG.MOD:FACTORY` model name may import and run user code."""
     tracker = build_tracker(cfg)
     tracker.check()  # a tracker that cannot start fails first: before the data are read, long before any epoch
     streamed = cfg.data.name == STREAMED_DATASET
@@ -363,8 +385,14 @@ def build_fit(
         assert isinstance(train, ArrayDataset)
         train, val, val_split = split_validation(train, row_map, cfg.data.val_split, cfg.seed)
         row_map = val_split.train_ids  # caches and memory banks stay keyed by the full split's row ids
-    targets, teacher, cache, cache_row_map = build_targets(cfg, full_train, row_map, device)
-    student = create_model(cfg.model.student, len(train.classes)).to(device)
+    targets, teacher, cache, cache_row_map = build_targets(cfg, full_train, row_map, device, allow_code=allow_code)
+    student = create_model(cfg.model.student, len(train.classes), allow_code=allow_code)
+    student_init = None
+    if cfg.model.student_init != "random":
+        student_init = load_init_weights(student, cfg.model.student_init, arch=cfg.model.student)
+        if cfg.model.student_init != "pretrained":
+            student_init += f"; sha256 {file_sha256(Path(cfg.model.student_init).expanduser())}"
+    student = student.to(device)
     if cfg.train.sync_bn:
         dist.convert_sync_bn(student, device)  # in place; a no-op with one process
     if cfg.train.channels_last:
@@ -375,6 +403,10 @@ def build_fit(
         assert isinstance(teacher, nn.Module)  # config.validate refuses a teacher cache with a feature method
         size = cfg.data.image_size if streamed else int(train.images.shape[-1])  # type: ignore[union-attr]
         shapes = (feature_shapes(student, size), feature_shapes(teacher, size))
+        for role, name, table in (("student", cfg.model.student, shapes[0]), ("teacher", cfg.model.teacher, shapes[1])):
+            if not table.stages:
+                raise RichKDError(f"feature.method={cfg.feature.method} reads stage maps, which the {role} {name} "
+                                  "does not give: use a logit method (kd, dkd, ...) or a model with stages")
     distiller = build_distiller(
         cfg,
         student_dim=int(student.feature_dim),
@@ -477,6 +509,7 @@ def build_fit(
         "dataset_source": describe_source(full_train),
         "lr": lr,
         "lr_schedule": schedule_note,
+        "student_init": student_init,
         **subsets,
         "target_cache": dataclasses.asdict(cache.meta) if cache is not None else None,
         "teacher_cache": dataclasses.asdict(teacher.cache.meta) if isinstance(teacher, CachedTeacher) else None,

@@ -52,9 +52,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    student: str = "resnet8x4"  # zoo name of the student (`richkd models` lists them)
-    teacher: str | None = None  # zoo name of the frozen CNN teacher
+    student: str = "resnet8x4"  # zoo name of the student (`richkd models` lists them), or timm:NAME,
+    # torchvision:NAME, efficientnet_lite0 (docs/own_models.md)
+    teacher: str | None = None  # model name of the frozen teacher (as model.student)
     teacher_checkpoint: str | None = None  # weights file written by `richkd train` (model_last.pt) or mdistiller
+    student_init: str = "random"  # initial weights of model.student: random | pretrained (the ImageNet weights an
+    # installed package ships: efficientnet_lite0) | a local weights file (safetensors or torch state dict, loaded
+    # without pickle; a classifier head of another size is replaced)
     teacher_cache: str | None = None  # `richkd teacher cache` output: look the teacher's outputs up per (row, crop,
     # flip) instead of running it (same augmentation draws; needs the same checkpoint, data, pad)
 

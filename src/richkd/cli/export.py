@@ -33,6 +33,8 @@ def add_export_parsers(subparsers: Any) -> None:
     ex.add_argument("--bench-repeats", type=count_int, default=50, help="timed runs per batch size (median)")
     ex.add_argument("--bench-warmup", type=nonneg_count_int, default=5, help="untimed runs before timing")
     ex.add_argument("--threads", type=threads_int, default=None, help="CPU threads (PyTorch and ONNX Runtime)")
+    ex.add_argument("--allow-code", action="store_true",
+                    help="let a model named module:PKG.MOD:FACTORY be rebuilt by importing and running that code")
     ex.set_defaults(func=cmd_export, interrupt_hint="files already written are complete; the card is last")
 
     cl = subparsers.add_parser("classify", help="top-k classes of image files, folders or globs")
@@ -44,6 +46,8 @@ def add_export_parsers(subparsers: Any) -> None:
     cl.add_argument("--out", default=None, help="write the predictions here instead of to stdout")
     cl.add_argument("--device", default="cpu", help="PyTorch device (ONNX models run on the CPU)")
     cl.add_argument("--threads", type=threads_int, default=None)
+    cl.add_argument("--allow-code", action="store_true",
+                    help="let a model named module:PKG.MOD:FACTORY be rebuilt by importing and running that code")
     cl.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: on for more than one batch when stderr is a terminal)")
     cl.set_defaults(func=cmd_classify, interrupt_hint="nothing was written")
@@ -74,7 +78,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if out is not None:
         check_out_file(out)
     paths = collect_images(args.inputs)
-    model = load_model(Path(args.model), threads=args.threads, device=device)
+    model = load_model(Path(args.model), threads=args.threads, device=device, allow_code=args.allow_code)
     warn = _Warnings()
     progress = args.progress if args.progress is not None else sys.stderr.isatty() and len(paths) > args.batch_size
     predictions = classify_images(
@@ -111,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         require("onnx")
         require("onnxruntime")
     check_images = collect_images(args.check) if args.check else None
-    loaded = load_model(Path(args.model))
+    loaded = load_model(Path(args.model), allow_code=args.allow_code)
     warn = _Warnings()
     card = export_model(loaded, out, onnx=onnx, check_images=check_images, on_error=warn)
     print(f"exported {card['arch']} ({len(card['classes'])} classes) from {loaded.path}")

@@ -44,21 +44,24 @@ class LoadedModel:
     run: RunInfo = field(default_factory=RunInfo)  # the run directory of a training checkpoint
 
 
-def load_model(path: Path, *, threads: int | None = None, device: torch.device | None = None) -> LoadedModel:
-    """Pick the loader by file type: .onnx -> ONNX Runtime, .safetensors -> exported, else a checkpoint."""
+def load_model(
+    path: Path, *, threads: int | None = None, device: torch.device | None = None, allow_code: bool = False
+) -> LoadedModel:
+    """Pick the loader by file type: .onnx -> ONNX Runtime, .safetensors -> exported, else a checkpoint.
+    `allow_code`: the explicit opt-in to rebuild a `module:PKG.MOD:FACTORY` model by running that user code."""
     path = Path(path).expanduser()
     if not path.exists():
         raise RichKDError(f"model file {path} not found: pass a model_last.pt, model.safetensors or model.onnx")
     if path.is_dir():
         for name in ("model.safetensors", "model_last.pt"):
             if (path / name).is_file():
-                return load_model(path / name, threads=threads, device=device)
+                return load_model(path / name, threads=threads, device=device, allow_code=allow_code)
         raise RichKDError(f"{path} is a folder without model.safetensors or model_last.pt: pass the model file")
     if path.suffix == ".onnx":
         return load_onnx(path, threads=threads)
     if path.suffix == ".safetensors":
-        return load_exported(path, device=device)
-    return load_checkpoint(path, device=device)
+        return load_exported(path, device=device, allow_code=allow_code)
+    return load_checkpoint(path, device=device, allow_code=allow_code)
 
 
 def _torch_model(module: nn.Module, arch: str, classes: tuple[str, ...], spec: InputSpec, path: Path,
@@ -73,7 +76,7 @@ def _torch_model(module: nn.Module, arch: str, classes: tuple[str, ...], spec: I
     return LoadedModel(arch, classes, spec, logits, "pytorch", path, module=module, **extra)
 
 
-def load_checkpoint(path: Path, *, device: torch.device | None = None) -> LoadedModel:
+def load_checkpoint(path: Path, *, device: torch.device | None = None, allow_code: bool = False) -> LoadedModel:
     """A `richkd train` model file; how to feed it comes from the file, else from its run directory."""
     from richkd.engine.checkpoint import load_weights_strict, read_model_file
     from richkd.models import create_model
@@ -87,7 +90,7 @@ def load_checkpoint(path: Path, *, device: torch.device | None = None) -> Loaded
     arch, classes = str(info["arch"]), tuple(str(c) for c in info["classes"])
     run = read_run(path)
     spec = checkpoint_spec(path, info, run)
-    model = create_model(arch, len(classes))
+    model = create_model(arch, len(classes), allow_code=allow_code)
     load_weights_strict(model, state, source=path, arch=arch)
     return _torch_model(model, arch, classes, spec, path, device, run=run)
 
@@ -129,7 +132,7 @@ def _imagefolder_stats(run: RunInfo) -> tuple[Any, Any, Any]:
     return ds.mean, ds.std, tuple(ds.images.shape[2:])
 
 
-def load_exported(path: Path, *, device: torch.device | None = None) -> LoadedModel:
+def load_exported(path: Path, *, device: torch.device | None = None, allow_code: bool = False) -> LoadedModel:
     """model.safetensors + the model_card.json beside it: no pickle, no training config, no dataset."""
     from safetensors import SafetensorError, safe_open
 
@@ -153,7 +156,7 @@ def load_exported(path: Path, *, device: torch.device | None = None) -> LoadedMo
     arch, classes = card["arch"], tuple(str(c) for c in card["classes"])
     if meta.get("arch", arch) != arch:
         raise RichKDError(f"{card_path} names {arch} but {path} holds a {meta['arch']}: re-export the model")
-    model = create_model(arch, len(classes))
+    model = create_model(arch, len(classes), allow_code=allow_code)
     check_class_count(model, state, path, card_path)
     load_weights_strict(model, state, source=path, arch=arch)
     return _torch_model(model, arch, classes, card_spec(card, str(card_path)), path, device, card=card)

@@ -80,7 +80,8 @@ class OFD(FeatureTerm):
         super().__init__()
         s_maps, t_maps = student.stages[1:], teacher.stages[1:]
         if len(teacher.bn_before_relu) != len(t_maps):
-            raise RichKDError("OFD needs the teacher's BN statistics before each stage's ReLU; this teacher has none")
+            raise RichKDError("OFD needs the teacher's BN statistics before each stage's ReLU; this teacher has none "
+                              "(e.g. a ConvNeXt or ViT): use another feature method (at, fitnet, reviewkd, ...)")
         self.n = min(len(s_maps), len(t_maps))
         if self.n < 1:
             raise RichKDError("OFD needs at least one stage map after the stem on both models")
