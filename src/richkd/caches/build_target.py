@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from richkd.caches import chunked
+from richkd.caches.target import ARRAY_FILES, CacheMeta, rows_sha256
 from richkd.engine.io import save_npy_atomic
 from richkd.errors import RichKDError
-from richkd.caches import chunked
 from richkd.teachers.prompts import check_templates, templates_sha256
-from richkd.caches.target import ARRAY_FILES, CacheMeta, rows_sha256
 from richkd.teachers.vlm import VisionLanguageTeacher
 from richkd.teachers.zero_shot import class_embeddings
 

@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from richkd.data.augment import CropFlip, apply_crop_flip, normalize
-from richkd.data.views import ENUMERATION, exact_view_params, n_exact_views
-from richkd.errors import RichKDError
 from richkd.caches import chunked
 from richkd.caches.target import rows_sha256
 from richkd.caches.teacher import ARRAY_FILES, TeacherCacheMeta, array_shapes, memory_available
+from richkd.data.augment import CropFlip, apply_crop_flip, normalize
+from richkd.data.views import ENUMERATION, exact_view_params, n_exact_views
+from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
     from richkd.data.arrays import ArrayDataset

@@ -33,16 +33,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from richkd.caches import chunked
+from richkd.caches.build_target import _encode_batch
+from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROMPT_CLASSES_FILE, cache_bytes
+from richkd.caches.target import ARRAY_FILES, CacheMeta
 from richkd.data.stream import FolderSource, ShardSource
 from richkd.data.stream.transforms import decode_rgb
 from richkd.engine.io import save_npy_atomic, write_json_atomic, write_text_atomic
 from richkd.engine.proc import die_with_parent
 from richkd.errors import RichKDError
-from richkd.caches import chunked
-from richkd.caches.build_target import _encode_batch
 from richkd.teachers.prompts import check_templates, templates_sha256
-from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
-from richkd.caches.target import ARRAY_FILES, CacheMeta
 from richkd.teachers.vlm import VisionLanguageTeacher
 
 log = logging.getLogger(__name__)
@@ -307,8 +307,8 @@ def _maybe_merge(out: Path, count: int, auto_merge: bool) -> Path:
     parts = [part_dir(out, i, count) for i in range(count)]
     if not auto_merge or not all((p / BUILD_FILE).is_file() for p in parts):
         return out / PARTS_DIR
-    from richkd.engine.lock import FolderBusy
     from richkd.caches.stream_merge import merge_parts
+    from richkd.engine.lock import FolderBusy
 
     try:
         return merge_parts(parts, out)

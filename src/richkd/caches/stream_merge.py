@@ -19,12 +19,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from richkd.data.subset import SUBSET_RULE
-from richkd.engine.io import write_atomic, write_json_atomic
-from richkd.errors import RichKDError
 from richkd.caches import chunked
 from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
 from richkd.caches.target import ARRAY_FILES, CacheMeta
+from richkd.data.subset import SUBSET_RULE
+from richkd.engine.io import write_atomic, write_json_atomic
+from richkd.errors import RichKDError
 
 log = logging.getLogger(__name__)
 

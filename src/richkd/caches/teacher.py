@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from richkd.caches.chunked import META_FILE, PROGRESS_FILE
+from richkd.caches.residency import fits_in_memory, memory_available
+from richkd.caches.target import map_cache_rows, take_views
 from richkd.data.batch import Batch
 from richkd.data.subset import LEGACY_SUBSET_RULE, SUBSET_RULE
 from richkd.data.views import plain_view_id
 from richkd.errors import RichKDError
 from richkd.targets import TeacherTargets
-from richkd.caches.chunked import META_FILE, PROGRESS_FILE
-from richkd.caches.residency import fits_in_memory, memory_available
-from richkd.caches.target import map_cache_rows, take_views
 
 __all__ = ["CachedTeacher", "TeacherCache", "TeacherCacheMeta", "array_shapes", "memory_available"]
 
