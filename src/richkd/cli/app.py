@@ -1,7 +1,7 @@
 """richkd: knowledge distillation from a fused CNN + vision-language teacher (RichKD), with KD/DKD/CRD baselines.
 
 Commands: demo | train | eval | models | config | vlm | predict | analyze | robustness | cost | report | doctor.
-`richkd COMMAND --help` says more. Thin layer: parse, call the library, print; errors are one line, exit code 2.
+`richkd COMMAND --help` says more. Thin layer: parse, call `richkd.api`, print; errors are one line, exit code 2.
 """
 
 from __future__ import annotations
