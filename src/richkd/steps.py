@@ -1,17 +1,12 @@
 """Resumable named steps, shared by `richkd demo` and `richkd study`: each finished step leaves a marker
 (OUT/steps/<name>.json), written atomically only after its outputs are complete, so a rerun after a kill at any
 point reuses what is done and continues the rest. A step's chatter (printed tables, INFO logs) goes to
-OUT/logs/<name>.log; the console gets one line per step.
-
-Also runs the analysis commands (`richkd predict`, `analyze`, `robustness`, `cost`, `report`, `vlm`) in-process,
-as the command line would (`call`), so an orchestrator reuses their checks and outputs instead of copying them.
+OUT/logs/<name>.log; the console gets one line per step. The steps' work is `richkd.api` calls.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
 import json
 import logging
 import sys
@@ -24,28 +19,7 @@ from typing import TextIO
 from richkd.engine.io import write_json_atomic
 from richkd.errors import RichKDError
 
-__all__ = ["StepRunner", "call", "capture", "quiet_console_logging"]
-
-
-@functools.cache
-def _commands() -> argparse.ArgumentParser:
-    from richkd.cli.analysis import add_analysis_parsers
-    from richkd.cli.report import add_report_parser
-    from richkd.cli.robustness import add_robustness_parser
-    from richkd.cli.vlm import add_vlm_parser
-
-    parser = argparse.ArgumentParser(prog="richkd")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_analysis_parsers, add_robustness_parser, add_report_parser, add_vlm_parser):
-        add(sub)
-    return parser
-
-
-def call(argv: list[str]) -> None:
-    """Run a richkd command in-process, as `richkd ARGV` would (RichKDError propagates)."""
-    args = _commands().parse_args(argv)
-    if args.func(args) != 0:
-        raise RichKDError(f"`richkd {' '.join(argv[:2])} ...` failed")
+__all__ = ["StepRunner", "capture", "quiet_console_logging"]
 
 
 class StepRunner:

@@ -1,7 +1,8 @@
-"""Caches of teacher outputs, built once and read every epoch.
+"""Caches: what a frozen teacher produced, stored once and served to every run that distils from it.
 
-Owns the vision-language target cache (`target`), the teacher-logit cache (`teacher`), the streamed ImageNet
-cache (`stream`, merged by `stream_merge`), their builders (`build_target`, `build_teacher`), the chunked,
-resumable writer they share (`chunked`) and where a cache's arrays live in memory (`residency`). The frozen
-models that produce the values stay in `richkd.teachers`; this package stores and serves them.
+Owns the vision-language target cache (`target`, built by `build_target`), the CNN teacher cache (`teacher`,
+built by `build_teacher`), the streamed, sharded ImageNet target cache (`stream`, `stream_layout`,
+`stream_merge`), the chunked, resumable build loop they share (`chunked`), the logit-scale fit on a cache's
+cosines (`fit_scale`) and how a cache is kept in memory (`residency`). The teachers themselves live in
+`richkd.teachers`.
 """

@@ -1,28 +1,23 @@
 """richkd: knowledge distillation from a fused CNN + vision-language teacher (RichKD), with KD/DKD/CRD baselines.
 
 Commands: demo | train | eval | models | config | vlm | predict | analyze | robustness | cost | report | doctor.
-`richkd COMMAND --help` says more. Thin layer: parse, call the library, print; errors are one line, exit code 2.
+`richkd COMMAND --help` says more. Thin layer: parse, call `richkd.api`, print; errors are one line, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from richkd.cli.args import OneLineParser, check_out_file, count_int, threads_int
 from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
-
-if TYPE_CHECKING:
-    from richkd.config import RunConfig
 
 log = logging.getLogger("richkd")
 
@@ -44,224 +39,36 @@ def set_threads(threads: int | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from richkd.config import load_config_with_layers
+    from richkd.api import compose_with_layers, train
+    from richkd.engine import dist
 
-    cfg, layers = load_config_with_layers(
-        args.config, args.overrides, dataset=args.dataset, pair=args.pair, method=args.method
-    )
+    cfg, layers = compose_with_layers(args.dataset, args.pair, args.method, args.overrides, args.config)
     _setup(cfg.train.threads, verbose=True)
-    run_dir = Path(cfg.out_dir)
-    from richkd.engine.io import check_writable
-
-    check_writable(run_dir, "out_dir")
-    with _run_dir_lock(run_dir):  # before any check: two identical commands must not both pass them
-        return _train_locked(args, cfg, layers, run_dir)
-
-
-def _run_dir_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
-    """The run directory's writer lock; under DDP only rank 0 (the only rank that writes it) takes it."""
-    from richkd.engine.lock import hold
-
-    if os.environ.get("RANK", "0") != "0":
-        return contextlib.nullcontext()
-    return hold(run_dir, "run directory")
-
-
-def _train_locked(args: argparse.Namespace, cfg: RunConfig, layers: list[str], run_dir: Path) -> int:
-    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     try:
-        _check_run_dir(run_dir, resume=args.resume)
-    except RichKDError:
-        _remove_unstarted_run(run_dir, before)
-        raise
-    resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
-    if args.resume:
-        _check_same_student(cfg, run_dir)
-    if args.resume and (run_dir / "config.yaml").exists():
-        _check_same_config(cfg, run_dir)
-    from richkd.engine.device import check_device
-
-    check_device(cfg.train.device, "train.device")
-    try:
-        return _train(cfg, run_dir, resume=args.resume, layers=layers)
-    except BaseException as err:
-        if not isinstance(err, KeyboardInterrupt) and expected_failure(err) is None:
-            raise  # a bug: its traceback stays, and so do its files (evidence)
-        _remove_unstarted_run(run_dir, before)
-        has_ckpt = (run_dir / "checkpoint.pt").exists()
+        result = train(cfg, resume=args.resume, layers=layers)
+    except KeyboardInterrupt:
+        resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
+        has_ckpt = (Path(cfg.out_dir) / "checkpoint.pt").exists()
         args.interrupt_hint = (
             f"continue with {resume_cmd}" if has_ckpt else "stopped before the first epoch ended: nothing was kept"
         )
         raise
-
-
-def _check_run_dir(run_dir: Path, *, resume: bool) -> None:
-    """Fail before any work: output not writable, a run already there, or nothing to resume.
-
-    Leftovers of a killed writer (temp files with a dead PID in their name) are removed first: they never block.
-    """
-    from richkd.engine.io import check_writable, remove_stale
-
-    check_writable(run_dir, "out_dir")
-    remove_stale(run_dir)
-    has_ckpt = (run_dir / "checkpoint.pt").exists()
-    if has_ckpt and not resume:
-        raise RichKDError(f"{run_dir} already holds a run: pass --resume to continue it, or set out_dir=...")
-    if resume and not has_ckpt:
-        what = "does not exist" if not _has_files(run_dir) else "holds no checkpoint.pt (no epoch finished yet)"
-        raise RichKDError(f"--resume: {run_dir} {what}: check out_dir, or drop --resume to start the run")
-
-
-def _has_files(run_dir: Path) -> bool:
-    from richkd.engine.lock import LOCK_NAME
-
-    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
-
-
-def _check_same_student(cfg: RunConfig, run_dir: Path) -> None:
-    """--resume of a run with another student: one line naming both, before the run's files are touched."""
-    from richkd.engine.checkpoint import recorded_student
-
-    saved = recorded_student(run_dir)
-    if saved is not None and saved != cfg.model.student:
-        raise RichKDError(
-            f"--resume: {run_dir} trained a {saved} student but the config names model.student={cfg.model.student}: "
-            f"resume with model.student={saved} (the run's config.yaml), or start a new run in another out_dir"
-        )
-
-
-def _check_same_config(cfg: RunConfig, run_dir: Path) -> None:
-    from richkd.config import config_to_dict, load_config
-
-    saved, current = _flatten(config_to_dict(load_config(run_dir / "config.yaml"))), _flatten(config_to_dict(cfg))
-    # how far one invocation goes, and how fast, does not change the run
-    changed = sorted(
-        key
-        for key in saved.keys() | current.keys()
-        if saved.get(key) != current.get(key) and key not in ("train.stop_after", "train.progress", "train.threads")
-    )
-    if changed:
-        shown = "; ".join(f"{key}: {saved.get(key)!r} in the run, {current.get(key)!r} now" for key in changed[:3])
-        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
-        raise RichKDError(
-            f"--resume: {', '.join(changed)} differ from {run_dir / 'config.yaml'} ({shown}{more}); resume with "
-            "that file"
-        )
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _remove_unstarted_run(run_dir: Path, before: set[Path] | None) -> None:
-    """A run that failed before its first checkpoint leaves nothing behind (no half-made run directory)."""
-    from richkd.engine import dist
-
-    if dist.launch_rank() != 0 or (run_dir / "checkpoint.pt").exists():  # the group is left by now
-        return
-    from richkd.engine.lock import LOCK_NAME
-
-    for path in set(run_dir.iterdir()) - (before or set()) if run_dir.is_dir() else ():
-        if path.is_file() and path.name != LOCK_NAME:  # the lock goes when it is released (then the folder)
-            path.unlink(missing_ok=True)
-    if before is None and run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-
-
-def _previous_run(run_dir: Path) -> dict[str, Any] | None:
-    """The run.json of the run being resumed (None if it has none), for build_fit's subset check."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        previous = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RichKDError(f"--resume: {path} is not valid JSON ({exc})") from None
-    return previous if isinstance(previous, dict) else None
-
-
-def _train(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str] | None = None) -> int:
-    from richkd.build import build_fit
-    from richkd.config import dump_config
-    from richkd.engine import dist
-    from richkd.engine.io import write_json_atomic, write_text_atomic
-    from richkd.engine.trainer import fit
-
-    torch.manual_seed(cfg.seed)
-    device = dist.init_from_env(cfg.train.device)
-    is_main = dist.is_main()
-    ok = False
-    try:  # the process group is left on every path out, before interpreter exit (dist.shutdown says why)
-        parts, provenance = build_fit(cfg, device, previous=_previous_run(run_dir) if resume else None)
-        provenance["config_layers"] = layers or []
-        log.info("%s", provenance["loss"])
-        if provenance["teacher_targets"]:
-            log.info("teacher targets: %s", provenance["teacher_targets"])
-        if dist.is_main():
-            write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-            write_json_atomic(run_dir / "run.json", provenance)
-        summary = fit(parts, run_dir, resume=resume)
-        del parts  # the student, its optimizer and data: nothing that touched the group outlives it
-        ok = True
-    finally:
-        dist.shutdown(ok=ok)
-    if is_main:
-        print(json.dumps(summary, indent=2))
+    if dist.launch_rank() == 0:
+        print(json.dumps(result.summary, indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from richkd.data import load_dataset
-    from richkd.data.loader import DeviceData
-    from richkd.data.subset import limited
-    from richkd.engine.checkpoint import load_model_file, read_model_file
-    from richkd.engine.device import check_device
-    from richkd.engine.evaluate import evaluate_model
+    from richkd.api import evaluate
     from richkd.engine.io import write_json_atomic
-    from richkd.models import create_model
 
     _setup(args.threads, verbose=False)
-    device = check_device(args.device)
     out = Path(args.out) if args.out else None
     if out is not None:
         check_out_file(out)
-    path = Path(args.checkpoint)
-    arch: str | None
-    if path.suffix == ".safetensors":  # an exported model: weights + model card, no training files needed
-        from richkd.export.load import load_exported
-
-        exported = load_exported(path)
-        arch, model, mean, std = exported.arch, exported.module, exported.spec.mean, exported.spec.std
-        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
-        if exported.classes != ds.classes:
-            raise RichKDError(f"{path}'s model card lists other classes (or another order) than {ds.name}")
-    else:
-        _, info = read_model_file(path)
-        arch = args.arch or info.get("arch")
-        if arch is None:
-            raise RichKDError(f"{path} does not record its architecture: pass --arch")
-        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
-        model = create_model(arch, len(ds.classes))
-        load_model_file(path, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
-        mean, std = ds.mean, ds.std
-    assert model is not None
-    print(f"evaluating {arch} on {ds.name}/{ds.split} ({len(ds)} images, {device}) ...", file=sys.stderr, flush=True)
-    metrics = evaluate_model(model.to(device), DeviceData(ds, device), mean=mean, std=std, batch_size=args.batch_size)
-    result = {
-        "checkpoint": str(path),
-        "arch": arch,
-        "dataset": ds.name,
-        "split": ds.split,
-        "rows": len(ds),
-        "subset": None if rows is None else rows.describe(),
-        **metrics,
-    }
+    result = evaluate(args.checkpoint, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit,
+                      arch=args.arch, batch_size=args.batch_size, device=args.device,
+                      announce=lambda line: print(line, file=sys.stderr, flush=True))
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
@@ -269,14 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from richkd.config import dump_config, load_config
+    from richkd.api import compose, config_text
     from richkd.config_docs import describe_keys
 
     if args.config_command == "keys":
         print(describe_keys(), end="")
         return 0
-    cfg = load_config(args.config, args.overrides, dataset=args.dataset, pair=args.pair, method=args.method)
-    print(dump_config(cfg), end="")
+    print(config_text(compose(args.dataset, args.pair, args.method, args.overrides, args.config)), end="")
     return 0
 
 
@@ -314,10 +120,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from richkd.models import create_model, model_names
+    from richkd.api import create_model, list_models
 
     print(f"{'name':<14} {'params (100 cls)':>16} {'feature_dim':>12}")
-    for name in model_names():
+    for name in list_models():
         model = create_model(name, 100)
         n = sum(p.numel() for p in model.parameters())
         print(f"{name:<14} {n / 1e6:>15.3f}M {model.feature_dim:>12}")

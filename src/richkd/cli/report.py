@@ -9,11 +9,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from richkd.api.report import DEFAULT_TITLE
 from richkd.cli.args import count_int, image_size_int, nonneg_count_int, threads_int
-from richkd.engine.io import file_sha256, parse_named
+from richkd.engine.io import parse_named
 from richkd.errors import RichKDError
-
-DEFAULT_TITLE = "RichKD report"
 
 
 def add_report_parser(subparsers: Any) -> None:
@@ -42,32 +41,18 @@ def add_report_parser(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from richkd.report import load_summaries, render_table
+    from richkd.api import summary_table, write_report
 
-    runs = [Path(p) for p in args.runs]
     if args.out is None:
         given = [flag for flag in ("analysis", "robustness", "cost", "title") if getattr(args, flag) is not None]
         if given:
             raise RichKDError(f"--{given[0]} only applies to the HTML report: add --out DIR")
-        print(render_table(load_summaries(runs)), end="")
+        print(summary_table(args.runs), end="")
         return 0
-
-    from richkd.engine.io import check_writable, write_text_atomic
-    from richkd.report.build import build_report
-
-    out = Path(args.out)
-    check_writable(out, "--out")
-    html, markdown = build_report(
-        runs,
-        analysis=Path(args.analysis) if args.analysis else None,
-        robustness=Path(args.robustness) if args.robustness else None,
-        cost=Path(args.cost) if args.cost else None,
-        title=args.title or DEFAULT_TITLE,
-    )
-    write_text_atomic(out / "report.md", markdown)
-    write_text_atomic(out / "report.html", html)
-    print(out / "report.md")
-    print(out / "report.html")
+    files = write_report(args.runs, args.out, analysis=args.analysis, robustness=args.robustness, cost=args.cost,
+                         title=args.title or DEFAULT_TITLE)
+    print(files.markdown)
+    print(files.html)
     return 0
 
 
@@ -83,49 +68,15 @@ def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
 def cmd_cost(args: argparse.Namespace) -> int:
     import torch
 
-    from richkd.analysis.cost import cpu_name, measure_cost
-    from richkd.engine.checkpoint import load_weights_strict, read_model_file
-    from richkd.engine.device import check_device
-    from richkd.engine.io import check_writable, write_json_atomic
-    from richkd.models import create_model
+    from richkd.api import measure_cost
 
     checkpoints = parse_checkpoints(args.checkpoint)
-    if args.image_size < 1 or args.repeats < 1 or args.warmup < 0:
-        raise RichKDError("--image-size and --repeats must be ≥ 1 and --warmup ≥ 0")
-    device = check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    check_writable(out, "--out")
-    models = {}
-    for name, path in checkpoints.items():  # load every file before timing any, so a bad one fails at once
-        state, info = read_model_file(path)
-        if not info:
-            raise RichKDError(f"--checkpoint {name}: {path} does not record its architecture (not a richkd "
-                              "model file); use model_best.pt / model_last.pt of a richkd run")
-        model = create_model(info["arch"], int(info["num_classes"]))
-        load_weights_strict(model, state, source=path, arch=info["arch"])
-        models[name] = (model.to(device), info, path)
-    input_shape = (3, args.image_size, args.image_size)
-    result: dict[str, Any] = {
-        "version": 1,
-        "device": str(device),
-        "cpu": cpu_name(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "input": list(input_shape),
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "models": {},
-    }
-    for name, (model, info, path) in models.items():
-        cost = measure_cost(model, input_shape=input_shape, device=device, repeats=args.repeats,
-                            warmup=args.warmup)
-        result["models"][name] = {"arch": info["arch"], "checkpoint": str(path), "checkpoint_sha256": file_sha256(path),
-                                  **cost}
-        print(f"{name:<16} {info['arch']:<14} params {cost['params'] / 1e6:7.3f}M  FLOPs {cost['flops'] / 1e6:9.1f}M"
+    result = measure_cost(checkpoints, args.out, device=args.device, image_size=args.image_size, repeats=args.repeats,
+                          warmup=args.warmup)
+    for name, cost in result["models"].items():
+        print(f"{name:<16} {cost['arch']:<14} params {cost['params'] / 1e6:7.3f}M  FLOPs {cost['flops'] / 1e6:9.1f}M"
               f"  b1 {cost['latency_ms_b1']:7.2f} ms  b256 {cost['throughput_b256_img_s']:9.0f} img/s")
-    write_json_atomic(out / "cost.json", result)
-    print(out / "cost.json")
+    print(Path(args.out) / "cost.json")
     return 0

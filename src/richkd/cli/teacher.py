@@ -6,8 +6,6 @@ Thin: parse, call the library, print. RichKDError propagates to `richkd.cli.app.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,45 +44,19 @@ def add_teacher_parser(subparsers: Any) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from richkd.caches.build_teacher import build_teacher_cache, plan_teacher_cache
-    from richkd.data import load_dataset
-    from richkd.data.subset import limited
-    from richkd.engine.checkpoint import load_model_file, read_model_file
-    from richkd.engine.device import check_device
-    from richkd.engine.fold import fold_batchnorm
-    from richkd.engine.io import check_writable, file_sha256
-    from richkd.errors import RichKDError
-    from richkd.models import create_model
+    from richkd.api import build_teacher_cache
 
-    out = Path(args.out)
-    check_writable(out, "--out")
-    device = check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.pad < 0:
-        raise RichKDError(f"--pad must be >= 0 (got {args.pad})")
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.is_file():
-        raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
-    read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    full = load_dataset(args.dataset, args.root, args.split, download=args.download, cache_dir=cache_dir)
-    ds, rows = limited(full, args.limit)
-    model = create_model(args.arch, len(ds.classes))
-    load_model_file(checkpoint, model, arch=args.arch, num_classes=len(ds.classes), classes=ds.classes)
-    teacher = fold_batchnorm(model.to(device))  # as build.py does for the online teacher
-    meta = plan_teacher_cache(
-        ds, arch=args.arch, checkpoint_sha256=file_sha256(checkpoint), feature_dim=int(model.feature_dim),
-        pad=args.pad, bf16=args.bf16, subset=rows,
-    )
-    print(f"teacher cache {out}: {len(ds)} rows x {meta.n_views} views x ({meta.n_classes} logits + "
-          f"{meta.feature_dim} features) in float16 = {meta.nbytes / 2**30:.2f} GiB")
-    t0 = time.perf_counter()
-    build_teacher_cache(
-        teacher, ds, out, meta, batch_size=args.batch_size, device=device, channels_last=args.channels_last,
+    result = build_teacher_cache(
+        args.out, checkpoint=args.checkpoint, arch=args.arch, dataset=args.dataset, root=args.root, split=args.split,
+        limit=args.limit, pad=args.pad, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
+        bf16=args.bf16, channels_last=args.channels_last, download=args.download,
         checkpoint_seconds=args.checkpoint_every,
     )
-    seconds = time.perf_counter() - t0
-    print(f"teacher cache {out}: {args.arch} on {ds.name}/{ds.split}, {len(ds)} rows "
-          f"({seconds:.1f} s, {len(ds) * meta.n_views / max(seconds, 1e-9):.0f} views/s)")
+    meta, seconds = result.meta, result.seconds
+    print(f"teacher cache {result.path}: {result.rows} rows x {meta.n_views} views x ({meta.n_classes} logits + "
+          f"{meta.feature_dim} features) in float16 = {meta.nbytes / 2**30:.2f} GiB")
+    print(f"teacher cache {result.path}: {result.arch} on {result.dataset}/{result.split}, {result.rows} rows "
+          f"({seconds:.1f} s, {result.rows * meta.n_views / max(seconds, 1e-9):.0f} views/s)")
     return 0

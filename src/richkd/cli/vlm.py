@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from richkd.cli.args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
 from richkd.cli.stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
-
-if TYPE_CHECKING:
-    from richkd.data.arrays import ArrayDataset
-    from richkd.data.subset import SubsetRows
-    from richkd.teachers.vlm import VisionLanguageTeacher
 
 log = logging.getLogger(__name__)
 
@@ -101,77 +95,24 @@ def _views_arg(value: str) -> int | str:
     return views
 
 
-def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | None]:
-    """The split (a stratified subset with --limit) and which rows it holds; checks --device first."""
-    from richkd.data import load_dataset
-    from richkd.data.subset import limited
-    from richkd.engine.device import bf16_is_fast, check_device
-
-    if hasattr(args, "device"):
-        device = check_device(args.device)
-        if args.bf16 is None:  # auto
-            args.bf16 = bf16_is_fast(device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    return limited(load_dataset(args.dataset, args.root, args.split, download=args.download), args.limit)
-
-
-def _load_teacher(args: argparse.Namespace) -> tuple[VisionLanguageTeacher, tuple[str, ...]]:
-    from richkd.teachers.imagenet_names import resolve_templates
-    from richkd.teachers.vlm import load_vlm
-
-    templates = resolve_templates(args.templates)
-    vlm = load_vlm(args.teacher, device=args.device, weights=args.weights)
-    log.info("teacher: %s (%s)", vlm.label, vlm.model_id)
-    return vlm, templates
-
-
-def _encode_split(vlm: VisionLanguageTeacher, ds: ArrayDataset, args: argparse.Namespace) -> torch.Tensor:
-    device = torch.device(args.device)
-    amp = args.bf16 and device.type in ("cpu", "cuda")
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(ds), args.batch_size):
-            x = ds.images[start : start + args.batch_size].to(device).float() / 255.0
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                chunks.append(torch.nn.functional.normalize(vlm.encode_images(x).float(), dim=-1).cpu())
-    return torch.cat(chunks)  # [N, E]
-
-
-def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    from richkd.analysis.metrics import expected_calibration_error, nll, topk_accuracy
-
-    acc = topk_accuracy(logits, labels, (1, 5))
-    return {"top1": acc[1], "top5": acc[5], "nll": nll(logits, labels),
-            "ece": expected_calibration_error(logits, labels, n_bins=15)}
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from richkd.teachers.prompts import SINGLE_TEMPLATE
-    from richkd.teachers.zero_shot import class_embeddings, zero_shot_logits
+    from richkd.api import zero_shot
 
     _check_out(args.out)
-    ds, subset = _load_data(args)
-    vlm, templates = _load_teacher(args)
-    scales = args.logit_scale or [1.0, vlm.logit_scale]
-    t0 = time.perf_counter()
-    image_emb = _encode_split(vlm, ds, args)
-    seconds = time.perf_counter() - t0
-    prompt_sets = {f"ensemble ({len(templates)})": templates, f"single ({SINGLE_TEMPLATE[0]!r})": SINGLE_TEMPLATE}
-    rows = []
-    for prompts_name, prompts in prompt_sets.items():
-        class_emb = class_embeddings(vlm, ds.classes, prompts, clean_names=args.clean_names).cpu()
-        for scale in scales:
-            logits = zero_shot_logits(image_emb, class_emb, scale)
-            rows.append({"prompts": prompts_name, "logit_scale": scale, **_metrics(logits, ds.labels)})
-    result = {"teacher": vlm.label, "model_id": vlm.model_id, "dataset": ds.name, "split": ds.split,
-              "rows": len(ds), "subset": None if subset is None else subset.describe(), "clean_names": args.clean_names,
-              "image_seconds": round(seconds, 2),
-              "images_per_second": round(len(ds) / seconds, 1), "results": rows}
-    shown = "" if subset is None else f", {subset.describe()}"
-    print(f"{vlm.label} on {ds.name}/{ds.split} ({len(ds)} images{shown})")
+    _set_threads(args.threads)
+    result = zero_shot(dataset=args.dataset, teacher=args.teacher, root=args.root, split=args.split,
+                       limit=args.limit, weights=args.weights, templates=args.templates, clean_names=args.clean_names,
+                       scales=args.logit_scale, batch_size=args.batch_size, device=args.device, bf16=args.bf16,
+                       download=args.download)
+    shown = "" if result["subset"] is None else f", {result['subset']}"
+    print(f"{result['teacher']} on {result['dataset']}/{result['split']} ({result['rows']} images{shown})")
     print(f"{'prompts':<30} {'scale':>8} {'top-1 %':>8} {'top-5 %':>8} {'NLL':>7} {'ECE %':>7}")
-    for r in rows:
+    for r in result["results"]:
         print(f"{r['prompts']:<30} {r['logit_scale']:>8.3g} {r['top1']:>8.2f} {r['top5']:>8.2f} "
               f"{r['nll']:>7.3f} {100 * r['ece']:>7.2f}")
     if args.out:
@@ -185,62 +126,33 @@ def _check_out(out: str | None) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from richkd.caches.build_target import build_target_cache
-    from richkd.engine.io import check_writable
+    from richkd.api import build_vlm_cache
 
     if args.dataset == "imagenet":
         from richkd.cli.stream_cache import cmd_stream_cache
 
         return cmd_stream_cache(args)
-    check_writable(Path(args.out), "--out")
-    ds, rows = _load_data(args)
-    vlm, templates = _load_teacher(args)
-    t0 = time.perf_counter()
-    exact = args.views == "all"
-    out = build_target_cache(
-        vlm, ds, Path(args.out), templates=templates, clean_names=args.clean_names,
-        n_aug_views=0 if exact else args.views, include_flip=args.include_flip, batch_size=args.batch_size,
-        seed=args.seed, bf16=args.bf16, device=args.device, subset=rows, checkpoint_seconds=args.checkpoint_every,
-        exact_views=exact, pad=args.pad,
+    _set_threads(args.threads)
+    result = build_vlm_cache(
+        args.out, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit, teacher=args.teacher,
+        weights=args.weights, templates=args.templates, clean_names=args.clean_names, views=args.views, pad=args.pad,
+        include_flip=args.include_flip, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        bf16=args.bf16, download=args.download, checkpoint_seconds=args.checkpoint_every,
     )
-    print(f"target cache {out}: {ds.name}/{ds.split}, {len(ds)} rows, teacher {vlm.label} "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(f"target cache {result.path}: {result.dataset}/{result.split}, {result.rows} rows, teacher "
+          f"{result.teacher} ({result.seconds:.1f} s)")
     return 0
 
 
 def cmd_fit_scale(args: argparse.Namespace) -> int:
-    from richkd.caches.target import TargetCache
-    from richkd.data import load_dataset
-    from richkd.data.subset import stratified_rows
-    from richkd.teachers.zero_shot import fit_logit_scale
+    from richkd.api import fit_logit_scale
 
     _check_out(args.out)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
-    cache = TargetCache.open(args.cache)
-    cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
-    limit = args.limit if args.limit is not None else cache.meta.subset_limit  # no --limit: every row it holds
-    run_rows = stratified_rows(ds.labels, limit) if limit is not None else None
-    cache_rows = cache.cache_rows(ds.labels, run_rows)  # refuses rows the cache lacks, or another rule's rows
-    labels = ds.labels if run_rows is None else ds.labels[run_rows]
-    view = None if args.all_views else cache.meta.plain_view
-    cosines = cache.all_cosines(view)
-    if cache_rows is not None:
-        cosines = cosines[cache_rows]
-    if args.all_views:  # [N, V, C] -> [N*V, C], each view labelled with its row's class
-        labels = labels.repeat_interleave(cache.n_views)
-        cosines = cosines.reshape(-1, cosines.shape[-1])
-    scale = fit_logit_scale(cosines.float(), labels)
-    before = _metrics(cosines.float(), labels)
-    after = _metrics(scale * cosines.float(), labels)
-    result = {"cache": str(args.cache), "teacher": cache.meta.model_label, "logit_scale": scale,
-              "views": "all" if args.all_views else "plain",
-              "view_index": view, "view_name": None if view is None else cache.meta.view_names[view],
-              "nll_at_1": before["nll"], "nll_at_fit": after["nll"],
-              "ece_at_fit": after["ece"]}
-    print(f"fitted logit scale {scale:.3f} (NLL {before['nll']:.3f} at scale 1 -> {after['nll']:.3f}; "
-          f"ECE {100 * after['ece']:.2f} %) for {cache.meta.model_label}")
+    _set_threads(args.threads)
+    result = fit_logit_scale(args.cache, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit,
+                             all_views=args.all_views, download=args.download)
+    print(f"fitted logit scale {result['logit_scale']:.3f} (NLL {result['nll_at_1']:.3f} at scale 1 -> "
+          f"{result['nll_at_fit']:.3f}; ECE {100 * result['ece_at_fit']:.2f} %) for {result['teacher']}")
     if args.out:
         write_json_atomic(Path(args.out), result)
     return 0

@@ -1,6 +1,6 @@
 """The demo's steps, in order: teacher -> target caches (surrogate VLM, not CLIP) -> four students -> predictions
--> analyses -> robustness -> cost -> report. Each step is an existing command or library call; this module only
-decides their arguments and where their outputs go:
+-> analyses -> robustness -> cost -> report. Each step is a `richkd.api` call (the one behind the matching
+command); this module only decides their arguments and where their outputs go:
 
 OUT/configs/<arm>.yaml   the resolved training configs (`richkd train -c` reruns any arm by hand)
 OUT/runs/<arm>/          teacher, vanilla, kd, alpha_zt_control, richkd_lf (run directories of `richkd train`)
@@ -11,7 +11,6 @@ OUT/report/report.html   the report;  OUT/logs/<step>.log: what each step printe
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import importlib.util
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from richkd.demo.plan import SURROGATE_NAME, DemoPlan
 from richkd.demo.steps import check_settings
 from richkd.errors import RichKDError
-from richkd.steps import StepRunner, call
+from richkd.steps import StepRunner
 
 ARMS = ("vanilla", "kd", "alpha_zt_control", "richkd_lf")
 ARM_TITLES = {"vanilla": "student: vanilla (labels only)", "kd": "student: KD",
@@ -135,7 +134,7 @@ def _epoch_bar(run_dir: Path, epochs: int, desc: str) -> Iterator[None]:
 
 def train_arm(run_dir: Path, config: Path, epochs: int, desc: str) -> None:
     """`richkd train -c CONFIG [--resume]`: continues a killed run from its last finished epoch."""
-    from richkd.cli.app import cmd_train
+    from richkd.api import compose, train
     from richkd.engine.checkpoint import load_training_state
 
     ckpt = run_dir / "checkpoint.pt"
@@ -145,8 +144,8 @@ def train_arm(run_dir: Path, config: Path, epochs: int, desc: str) -> None:
         shutil.rmtree(run_dir)
         resume = False
     with _epoch_bar(run_dir, epochs, desc):
-        args = argparse.Namespace(config=str(config), overrides=[], resume=resume, dataset=None, pair=None, method=None)
-        cmd_train(args)
+        result = train(compose(config=config), resume=resume)
+    print(json.dumps(result.summary, indent=2))  # what `richkd train` prints: the step's log keeps it
 
 
 @functools.cache
@@ -171,58 +170,68 @@ def build_cache(plan: DemoPlan, split: str, limit: int, out_dir: Path) -> None:
     )
 
 
-def _data_args(plan: DemoPlan, split: str, limit: int) -> list[str]:
-    root = [] if plan.data.root is None else ["--root", plan.data.root]
-    return ["--dataset", plan.data.name, *root, "--split", split, "--limit", str(limit)]
+def _data(plan: DemoPlan, split: str, limit: int) -> dict[str, Any]:
+    return {"dataset": plan.data.name, "root": plan.data.root, "split": split, "limit": limit}
 
 
-def _speed_args(plan: DemoPlan) -> list[str]:
-    return ["--device", plan.device] + ([] if plan.threads is None else ["--threads", str(plan.threads)])
+def _set_threads(plan: DemoPlan) -> None:
+    if plan.threads is not None:
+        import torch
+
+        torch.set_num_threads(plan.threads)
 
 
-def predictors(plan: DemoPlan, out: Path, surrogate_scale: float) -> dict[str, list[str]]:
-    """`richkd predict` arguments of every predictor, in the order the report shows them."""
+def predictors(plan: DemoPlan, out: Path, surrogate_scale: float) -> dict[str, dict[str, Any]]:
+    """`richkd.api.predict` arguments of every predictor, in the order the report shows them."""
     teacher = str(out / "runs" / "teacher" / "model_last.pt")
     cache = str(out / "caches" / "test")
-    found = {
-        "teacher": ["--checkpoint", teacher, "--kind", "teacher"],
-        "fused": ["--checkpoint", teacher, "--cache", cache, "--alpha", str(plan.logit_alpha),
-                  "--vlm-scale", str(plan.vlm_logit_scale)],
-        "surrogate_vlm": ["--cache", cache, "--vlm-scale", f"{surrogate_scale:.6g}"],
+    found: dict[str, dict[str, Any]] = {
+        "teacher": {"checkpoint": teacher, "kind": "teacher"},
+        "fused": {"checkpoint": teacher, "cache": cache, "alpha": plan.logit_alpha,
+                  "vlm_scale": plan.vlm_logit_scale},
+        "surrogate_vlm": {"cache": cache, "vlm_scale": float(f"{surrogate_scale:.6g}")},
     }
     for arm in ARMS:
-        found[arm] = ["--checkpoint", str(out / "runs" / arm / "model_last.pt")]
+        found[arm] = {"checkpoint": str(out / "runs" / arm / "model_last.pt")}
     return found
 
 
 def write_predictions(plan: DemoPlan, out: Path) -> None:
     """One predictions file per predictor (each written atomically; those present are kept)."""
+    from richkd.api import fit_logit_scale, predict
+    from richkd.engine.io import write_json_atomic
+
     folder = out / "predictions"
     scale_file = folder / "surrogate_scale.json"
     if not scale_file.is_file():  # the surrogate's zero-shot logit scale, fitted on the training cache
-        call(["vlm", "fit-scale", *_data_args(plan, "train", plan.train_images),
-              "--cache", str(out / "caches" / "train"), "--out", str(scale_file)])
+        fitted = fit_logit_scale(out / "caches" / "train", **_data(plan, "train", plan.train_images))
+        write_json_atomic(scale_file, fitted)
     scale = float(json.loads(scale_file.read_text())["logit_scale"])
     todo = predictors(plan, out, scale)
+    _set_threads(plan)
     with _bar(len(todo), "predictions", "file") as bar:
         for name, args in todo.items():
             path = folder / f"{name}.preds.safetensors"
             if not path.is_file():
-                call(["predict", *args, *_data_args(plan, "test", plan.test_images), *_speed_args(plan),
-                      "--name", name, "--out", str(path)])
+                result = predict(**args, **_data(plan, "test", plan.test_images), device=plan.device, name=name,
+                                 out=path)
+                print(f"{result.path}: {name} ({result.kind}), {result.rows} rows, top-1 {result.top1:.2f} %")
             bar.update(1)
 
 
 def analyze(out: Path) -> None:
-    """`richkd analyze` of every predictor: flows teacher->fused (automatic), KD->RichKD and control->RichKD."""
+    """The analysis of every predictor: flows teacher->fused (automatic), KD->RichKD and control->RichKD."""
+    from richkd.api import analyze as analyze_predictions
+
     names = predictor_names()
-    files = [str(out / "predictions" / f"{n}.preds.safetensors") for n in names]
-    pairs = ["--flow", "kd:richkd_lf", "--flow", "alpha_zt_control:richkd_lf"]
-    for arm in ARMS:
-        pairs += ["--agreement", f"teacher:{arm}"]
+    files = [out / "predictions" / f"{n}.preds.safetensors" for n in names]
     with _bar(1, "analyses") as bar:
-        call(["analyze", *files, "--names", ",".join(names), "--semantic", f"cache:{out / 'caches' / 'train'}",
-              *pairs, "--reference", "teacher", "--out", str(out / "analysis")])
+        result = analyze_predictions(
+            files, out / "analysis", names=names, semantic=f"cache:{out / 'caches' / 'train'}",
+            flows=[("kd", "richkd_lf"), ("alpha_zt_control", "richkd_lf")],
+            agreements=[("teacher", arm) for arm in ARMS], reference="teacher",
+        )
+        print(result.markdown, end="")
         bar.update(1)
 
 
@@ -230,36 +239,42 @@ def predictor_names() -> list[str]:
     return ["teacher", "fused", "surrogate_vlm", *ARMS]
 
 
-def _checkpoints(out: Path) -> list[str]:
-    args = []
-    for arm in ("teacher", *ARMS):
-        args += ["--checkpoint", f"{arm}={out / 'runs' / arm / 'model_last.pt'}"]
-    return args
+def _checkpoints(out: Path) -> dict[str, Path]:
+    return {arm: out / "runs" / arm / "model_last.pt" for arm in ("teacher", *ARMS)}
 
 
 def robustness(plan: DemoPlan, out: Path) -> None:
-    """`richkd robustness` of the five models on the corrupted stratified test subset."""
-    call(["robustness", *_checkpoints(out), *_data_args(plan, "test", plan.robust_images),
-          "--corruptions", ",".join(plan.corruptions), "--severities", ",".join(map(str, plan.severities)),
-          "--seed", str(plan.seed), *_speed_args(plan), "--out", str(out / "robustness")])
+    """Robustness of the five models on the corrupted stratified test subset."""
+    from richkd.api import measure_robustness
+    from richkd.robustness.run import render_markdown
+
+    _set_threads(plan)
+    result = measure_robustness(
+        _checkpoints(out), out / "robustness", **_data(plan, "test", plan.robust_images),
+        corruptions=plan.corruptions, severities=plan.severities, seed=plan.seed, device=plan.device, progress=True,
+    )
+    print(render_markdown(result), end="")
 
 
 def cost(plan: DemoPlan, out: Path) -> None:
+    from richkd.api import measure_cost
+
+    _set_threads(plan)
     with _bar(1, "cost") as bar:
-        call(["cost", *_checkpoints(out), *_speed_args(plan), "--repeats", str(plan.cost_repeats), "--warmup", "1",
-              "--out", str(out / "cost")])
+        measure_cost(_checkpoints(out), out / "cost", device=plan.device, repeats=plan.cost_repeats, warmup=1)
         bar.update(1)
 
 
 def report(plan: DemoPlan, out: Path) -> None:
+    from richkd.api import write_report
+
     dataset = plan.data.label.split(" (")[0]
     title = (f"RichKD demo: {dataset}, {plan.train_images} training images "
              f"({'quick' if plan.quick else 'default'} plan) with the {SURROGATE_NAME}")
     with _bar(1, "report") as bar:
-        call(["report", *(str(out / "runs" / arm) for arm in ("teacher", *ARMS)),
-              "--analysis", str(out / "analysis" / "analysis.json"),
-              "--robustness", str(out / "robustness" / "robustness.json"),
-              "--cost", str(out / "cost" / "cost.json"), "--title", title, "--out", str(out / "report")])
+        write_report([out / "runs" / arm for arm in ("teacher", *ARMS)], out / "report",
+                     analysis=out / "analysis" / "analysis.json", robustness=out / "robustness" / "robustness.json",
+                     cost=out / "cost" / "cost.json", title=title)
         bar.update(1)
 
 

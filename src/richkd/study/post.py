@@ -1,8 +1,9 @@
 """After the grid: predictions and robustness of every finished run (resumable steps, `richkd.steps.StepRunner`),
 then the analyses, results and the report, rebuilt from what exists each time (they take seconds).
 
-Everything is an existing command called in-process (`richkd predict`, `analyze`, `robustness`) or library call
-(`build_report`); this module only decides their arguments and where the outputs go:
+Everything is a `richkd.api` call (`predict`, `analyze`, `measure_robustness`) or library call (`build_report`);
+the spec's extra predictors, given as `richkd predict` arguments, run as that command in a child process. This
+module only decides the arguments and where the outputs go:
 
 OUT/predictions/<arm>_s<seed>.preds.safetensors   model_last.pt of each run on its test split (and extra predictors)
 OUT/robustness/<arm>_s<seed>/robustness.json      each run under the corruptions (same corrupted images for all;
@@ -18,6 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any, TextIO
 
 from richkd.engine.io import write_json_atomic, write_text_atomic
 from richkd.errors import RichKDError
-from richkd.steps import StepRunner, call, capture
+from richkd.steps import StepRunner, capture
 from richkd.study.grid import available_cores, run_dir
 from richkd.study.results import run_key
 from richkd.study.spec import StudySpec, substitute
@@ -46,6 +49,10 @@ class TestData:
         root = [] if self.root is None else ["--root", self.root]
         return ["--dataset", self.name, *root, "--split", self.split, *([] if limit is None else ["--limit",
                                                                                                   str(limit)])]
+
+    def kwargs(self, limit: int | None) -> dict[str, Any]:
+        """The same, as keyword arguments of `richkd.api.predict` / `measure_robustness`."""
+        return {"dataset": self.name, "root": self.root, "split": self.split, "limit": limit}
 
 
 def test_data_of(folder: Path) -> TestData:
@@ -79,23 +86,53 @@ def _forget_if_stale(steps: StepRunner, name: str, source: Path) -> None:
         marker.unlink()
 
 
-def _predict(argv: list[str], out: Path) -> None:
-    call(["predict", *argv, "--out", str(out)])
+@dataclass(frozen=True)
+class _Speed:
+    device: str
+    threads: int
+
+    def argv(self) -> list[str]:
+        return ["--device", self.device, "--threads", str(self.threads)]
+
+    def apply(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
 
 
-def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -> None:
+def _predict_run(model: Path, data: TestData, speed: _Speed, name: str, out: Path) -> None:
+    """A run's model_last.pt on the test rows it was evaluated on."""
+    from richkd.api import predict
+
+    speed.apply()
+    result = predict(checkpoint=model, **data.kwargs(data.limit), device=speed.device, name=name, out=out)
+    print(f"{result.path}: {name} ({result.kind}), {result.rows} rows, top-1 {result.top1:.2f} %")
+
+
+def _predict_argv(argv: list[str], out: Path) -> None:
+    """An extra predictor of the spec: its `richkd predict` arguments, run as that command (a child process)."""
+    done = subprocess.run([sys.executable, "-m", "richkd", "predict", *argv, "--out", str(out)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    print(done.stdout, end="")
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1].removeprefix("richkd: error: ") if lines else f"exit code {done.returncode}"
+        raise RichKDError(f"`richkd predict {' '.join(argv)}` failed: {reason}")
+
+
+def _robustness_pass(models: dict[str, Path], shared: dict[str, Any], speed: _Speed, robust: Path) -> None:
     """One `richkd robustness` over several models, split into one robustness.json (+ .md) per model.
 
     Why one pass: `evaluate_robustness` corrupts each chunk once for all its models, not once per run. The images
     depend only on (seed, row ids), so each model's numbers are those of a pass of its own (tests/test_study.py
     checks this).
     """
-    from richkd.cli.robustness import render_markdown
+    from richkd.api import measure_robustness
+    from richkd.robustness.run import render_markdown
 
     batch = robust / "_pass"
-    call(["robustness", *(f"--checkpoint={key}={path}" for key, path in models.items()), *shared,
-          "--out", str(batch)])
-    whole = json.loads((batch / "robustness.json").read_text())
+    speed.apply()
+    whole = measure_robustness(models, batch, **shared, device=speed.device, progress=True)
     for key in models:
         one = {**whole, "models": {key: whole["models"][key]}, "evaluated_with": sorted(models)}
         write_json_atomic(robust / key / "robustness.json", one)
@@ -106,7 +143,7 @@ def _robustness_pass(models: dict[str, Path], shared: list[str], robust: Path) -
 def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData, console: TextIO) -> None:
     """Predictions and robustness of every finished run and every extra model, each a resumable step."""
     out, a = spec.out_path, spec.analysis
-    speed = ["--device", a.device, "--threads", str(a.threads or available_cores())]
+    speed = _Speed(a.device, a.threads or available_cores())
     preds, robust = out / "predictions", out / "robustness"
     todo: list[tuple[str, str, Path, Path | None, functools.partial[None]]] = []
     if a.predict:
@@ -114,19 +151,19 @@ def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData,
             key, model = run_key(arm, seed), run_dir(out, arm, seed) / "model_last.pt"
             target = preds / f"{key}.preds.safetensors"
             todo.append((f"predict_{key}", f"predictions of {arm} s{seed}", target, model, functools.partial(
-                _predict, ["--checkpoint", str(model), *data.args(data.limit), *speed, "--name", key], target)))
+                _predict_run, model, data, speed, key, target)))
         for name, args in a.predictors.items():
             target = preds / f"{name}.preds.safetensors"
             argv = [substitute(t, out=spec.out) for t in args]
             todo.append((f"predict_{name}", f"predictions of {name}", target, None, functools.partial(
-                _predict, [*argv, *data.args(data.limit), *speed, "--name", name], target)))
+                _predict_argv, [*argv, *data.args(data.limit), *speed.argv(), "--name", name], target)))
     rob = a.robustness
     if rob is not None:
-        shared = [*data.args(rob.limit), "--severities", ",".join(map(str, rob.severities)), "--seed", str(rob.seed),
-                  *([] if rob.corruptions is None else ["--corruptions", ",".join(rob.corruptions)]), *speed]
+        shared = {**data.kwargs(rob.limit), "severities": list(rob.severities), "seed": rob.seed,
+                  "corruptions": None if rob.corruptions is None else list(rob.corruptions)}
         models = {run_key(arm, seed): run_dir(out, arm, seed) / "model_last.pt" for arm, seed in runs}
         models.update({name: Path(substitute(path, out=spec.out)) for name, path in rob.checkpoints.items()})
-        rpass = _RobustnessPass(shared, robust)
+        rpass = _RobustnessPass(shared, speed, robust)
         for key, model in models.items():
             target = robust / key / "robustness.json"
             todo.append((f"robustness_{key}", f"robustness of {key}", target, model,
@@ -145,7 +182,8 @@ def _run_steps(spec: StudySpec, runs: Sequence[tuple[str, int]], data: TestData,
 class _RobustnessPass:
     """The models whose robustness step is due; the first of those steps to run evaluates them all at once."""
 
-    shared: list[str]
+    shared: dict[str, Any]
+    speed: _Speed
     robust: Path
     due: dict[str, Path] = field(default_factory=dict)
     written: set[str] = field(default_factory=set)
@@ -154,7 +192,7 @@ class _RobustnessPass:
         if key in self.written:
             return
         self.due[key] = model
-        _robustness_pass(self.due, self.shared, self.robust)
+        _robustness_pass(self.due, self.shared, self.speed, self.robust)
         self.written |= set(self.due)
         self.due = {}
 
@@ -164,18 +202,23 @@ def _analyze(files: dict[str, Path], folder: Path, spec: StudySpec, *, extras: b
     files = {name: path for name, path in files.items() if path.is_file()}
     if not files:
         return None
+    from richkd.analysis.analyze_files import parse_pairs
+    from richkd.api import analyze
+
     a = spec.analysis
-    argv = [*map(str, files.values()), "--names", ",".join(files), "--tau", str(a.tau), "--out", str(folder)]
+    flows: list[tuple[str, str]] = []
+    agreements: list[tuple[str, str]] = []
+    semantic = None
     if extras:
-        for option, pairs in (("--flow", a.flows), ("--agreement", a.agreement)):
-            for pair in pairs:
-                if all(end in files for end in pair.split(":")):
-                    argv += [option, pair]
+        for option, pairs, chosen in (("--flow", a.flows, flows), ("--agreement", a.agreement, agreements)):
+            chosen += parse_pairs([p for p in pairs if all(end in files for end in p.split(":"))], option)
         if a.semantic is not None:
-            argv += ["--semantic", substitute(a.semantic, out=spec.out)]
+            semantic = substitute(a.semantic, out=spec.out)
     with capture(spec.out_path / "logs" / f"analysis_{folder.name}.log"):
-        call(["analyze", *argv])
-    return folder / "analysis.json"
+        result = analyze(list(files.values()), folder, names=list(files), tau=a.tau, flows=flows,
+                         agreements=agreements, semantic=semantic)
+        print(result.markdown, end="")
+    return result.json_path
 
 
 def _merge_robustness(files: dict[str, Path], target: Path) -> Path | None:

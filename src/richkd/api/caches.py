@@ -1,0 +1,130 @@
+"""Build the caches a distillation run reads: a vision-language teacher's target cache (cosines and image
+embeddings of every row x view) and a frozen CNN teacher's cache (logits and pooled features)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from richkd.errors import RichKDError
+
+if TYPE_CHECKING:
+    from richkd.caches.teacher import TeacherCacheMeta
+
+log = logging.getLogger("richkd")
+
+__all__ = ["TeacherCacheResult", "VLMCacheResult", "build_teacher_cache", "build_vlm_cache"]
+
+
+@dataclass(frozen=True)
+class VLMCacheResult:
+    """A built target cache: where, of which data, with which teacher, and how long the build took."""
+
+    path: Path
+    dataset: str
+    split: str
+    rows: int
+    teacher: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TeacherCacheResult:
+    """A built teacher cache and its layout (rows x views x (logits + features), float16)."""
+
+    path: Path
+    arch: str
+    dataset: str
+    split: str
+    rows: int
+    meta: TeacherCacheMeta
+    seconds: float
+
+
+def build_vlm_cache(
+    out: str | Path, *, dataset: str, root: str | None = None, split: str = "train", limit: int | None = None,
+    teacher: str = "surrogate", weights: str | None = None, templates: str | None = None, clean_names: bool = True,
+    views: int | Literal["all"] = 0, pad: int = 4, include_flip: bool = True, seed: int = 0,
+    batch_size: int = 256, device: str = "cpu", bf16: bool | None = None, download: bool = False,
+    checkpoint_seconds: float = 30.0,
+) -> VLMCacheResult:
+    """A vision-language teacher's target cache of `dataset/split` (a stratified subset of `limit` rows), for
+    `vlm.cache=OUT` in a RichKD run; a killed build resumes. `teacher`: surrogate (offline, a stand-in for CLIP,
+    not CLIP) | random[:SEED] | open_clip:ARCH | hf:PATH_OR_HUB_ID. `views`: random crop/flip views beyond
+    plain/flip, or "all" (every crop offset x flip). `bf16` None: on where it is fast."""
+    from richkd.caches.build_target import build_target_cache
+    from richkd.data import load_dataset
+    from richkd.data.subset import limited
+    from richkd.engine.device import bf16_is_fast, check_device
+    from richkd.engine.io import check_writable
+    from richkd.teachers.imagenet_names import resolve_templates
+    from richkd.teachers.vlm import load_vlm
+
+    if dataset == "imagenet":
+        raise RichKDError("ImageNet target caches are streamed and sharded: use `richkd vlm cache --dataset imagenet`")
+    out = Path(out)
+    check_writable(out, "--out")
+    use_bf16 = bf16_is_fast(check_device(device)) if bf16 is None else bf16
+    ds, rows = limited(load_dataset(dataset, root, split, download=download), limit)
+    prompts = resolve_templates(templates)
+    vlm = load_vlm(teacher, device=device, weights=weights)
+    log.info("teacher: %s (%s)", vlm.label, vlm.model_id)
+    t0 = time.perf_counter()
+    exact = views == "all"
+    path = build_target_cache(
+        vlm, ds, out, templates=prompts, clean_names=clean_names, n_aug_views=0 if exact else int(views),
+        include_flip=include_flip, batch_size=batch_size, seed=seed, bf16=use_bf16, device=device, subset=rows,
+        checkpoint_seconds=checkpoint_seconds, exact_views=exact, pad=pad,
+    )
+    return VLMCacheResult(path=Path(path), dataset=ds.name, split=ds.split, rows=len(ds), teacher=vlm.label,
+                          seconds=time.perf_counter() - t0)
+
+
+def build_teacher_cache(
+    out: str | Path, *, checkpoint: str | Path, arch: str, dataset: str, root: str | None = None,
+    split: str = "train", limit: int | None = None, pad: int = 4, cache_dir: str | Path | None = None,
+    batch_size: int = 1024, device: str = "cpu", bf16: bool = False, channels_last: bool = True,
+    download: bool = False, checkpoint_seconds: float = 30.0,
+) -> TeacherCacheResult:
+    """A frozen CNN teacher's logits and pooled features for every row x crop/flip view of `dataset/split`,
+    for `model.teacher_cache=OUT`; a killed build resumes. `checkpoint` is the teacher run's model_last.pt."""
+    from richkd.caches.build_teacher import build_teacher_cache as build
+    from richkd.caches.build_teacher import plan_teacher_cache
+    from richkd.data import load_dataset
+    from richkd.data.subset import limited
+    from richkd.engine.checkpoint import load_model_file, read_model_file
+    from richkd.engine.device import check_device
+    from richkd.engine.fold import fold_batchnorm
+    from richkd.engine.io import check_writable, file_sha256
+    from richkd.models import create_model
+
+    out = Path(out)
+    check_writable(out, "--out")
+    torch_device = check_device(device)
+    if pad < 0:
+        raise RichKDError(f"--pad must be >= 0 (got {pad})")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
+    read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
+    full = load_dataset(dataset, root, split, download=download,
+                        cache_dir=Path(cache_dir) if cache_dir is not None else None)
+    ds, rows = limited(full, limit)
+    model = create_model(arch, len(ds.classes))
+    load_model_file(checkpoint, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
+    teacher = fold_batchnorm(model.to(torch_device))  # as build.py does for the online teacher
+    meta = plan_teacher_cache(
+        ds, arch=arch, checkpoint_sha256=file_sha256(checkpoint), feature_dim=int(model.feature_dim),
+        pad=pad, bf16=bf16, subset=rows,
+    )
+    log.info("teacher cache %s: %d rows x %d views x (%d logits + %d features) in float16 = %.2f GiB", out, len(ds),
+             meta.n_views, meta.n_classes, meta.feature_dim, meta.nbytes / 2**30)
+    t0 = time.perf_counter()
+    build(teacher, ds, out, meta, batch_size=batch_size, device=torch_device, channels_last=channels_last,
+          checkpoint_seconds=checkpoint_seconds)
+    return TeacherCacheResult(path=out, arch=arch, dataset=ds.name, split=ds.split, rows=len(ds), meta=meta,
+                              seconds=time.perf_counter() - t0)
+
