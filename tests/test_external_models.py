@@ -203,17 +203,20 @@ def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_c
 ) -> None:
     from richkd.build import build_fit
     from richkd.config import load_config
-    from richkd.engine.trainer import fit
-
     import_name = "module:richkd_user_nets:tiny_net"
     run_dir = tmp_path / "run"
     cfg = load_config(None, [*COMMON, *data_args(tiny_cifar10, tmp_path), f"model.student={import_name}",
                              "distill.method=vanilla", "train.max_steps_per_epoch=2", f"out_dir={run_dir}"])
     with pytest.raises(RichKDError, match="--allow-code"):
         build_fit(cfg, torch.device("cpu"))
-    sys.modules.pop("richkd_user_nets", None)
-    parts, _ = build_fit(cfg, torch.device("cpu"), allow_code=True)
-    fit(parts, run_dir, resume=False)
+    argv = ["train", *COMMON, *data_args(tiny_cifar10, tmp_path), f"model.student={import_name}",
+            "distill.method=vanilla", "train.max_steps_per_epoch=2", f"out_dir={run_dir}"]
+    assert main(argv) == 2  # the CLI: refused in one line, nothing imported, no run directory left behind
+    refused_train = capsys.readouterr().err.strip()
+    assert "--allow-code" in refused_train and "\n" not in refused_train and not (run_dir / "run.json").exists()
+    assert "richkd_user_nets" not in sys.modules
+    assert main([*argv, "--allow-code"]) == 0
+    capsys.readouterr()
     sys.modules.pop("richkd_user_nets", None)
     out, image = tmp_path / "export", grey_png(tmp_path / "grey.png")
     assert main(["export", str(run_dir / "model_last.pt"), "--out", str(out)]) == 2

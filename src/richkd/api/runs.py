@@ -80,11 +80,15 @@ def config_text(config: RunConfig) -> str:
     return dump_config(config)
 
 
-def train(config: RunConfig, *, resume: bool = False, layers: Sequence[str] | None = None) -> RunResult:
+def train(
+    config: RunConfig, *, resume: bool = False, layers: Sequence[str] | None = None, allow_code: bool = False
+) -> RunResult:
     """Train (or with `resume`, continue) the run `config` describes, in `config.out_dir`; returns its result.
 
-    `layers` (from `compose_with_layers`) is recorded in run.json. Bad input (a run already there, nothing to resume,
-    another student or config on resume) is a RichKDError before any work. Under torchrun every rank calls this;
+    `layers` (from `compose_with_layers`) is recorded in run.json. `allow_code` is the explicit opt-in that a model
+    named `module:PKG.MOD:FACTORY` may import and run that code (never implied by a config or a file). Bad input
+    (a run already there, nothing to resume, another student or config on resume) is a RichKDError before any
+    work. Under torchrun every rank calls this;
     only rank 0 writes the run directory. A run stopped early by `train.stop_after` returns the trainer's
 `{"stopped_at_epoch", "epochs"}` as its summary: continue it with `resume=True`.
     """
@@ -106,7 +110,7 @@ def train(config: RunConfig, *, resume: bool = False, layers: Sequence[str] | No
             check_same_config(config, run_dir)
         check_device(config.train.device, "train.device")
         try:
-            summary = _fit(config, run_dir, resume=resume, layers=list(layers or []))
+            summary = _fit(config, run_dir, resume=resume, layers=list(layers or []), allow_code=allow_code)
         except BaseException as err:
             if not isinstance(err, KeyboardInterrupt) and expected_failure(err) is None:
                 raise  # a bug: its traceback stays, and so do its files (evidence)
@@ -257,7 +261,7 @@ def previous_run(run_dir: Path) -> dict[str, Any] | None:
     return previous if isinstance(previous, dict) else None
 
 
-def _fit(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str]) -> dict[str, Any]:
+def _fit(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str], allow_code: bool) -> dict[str, Any]:
     import torch
 
     from richkd.build import build_fit
@@ -272,7 +276,9 @@ def _fit(cfg: RunConfig, run_dir: Path, *, resume: bool, layers: list[str]) -> d
     device = dist.init_from_env(cfg.train.device)
     ok = False
     try:  # the process group is left on every path out, before interpreter exit (dist.shutdown says why)
-        parts, provenance = build_fit(cfg, device, previous=previous_run(run_dir) if resume else None)
+        parts, provenance = build_fit(
+            cfg, device, previous=previous_run(run_dir) if resume else None, allow_code=allow_code
+        )
         provenance["config_layers"] = layers
         log.info("%s", provenance["loss"])
         if provenance["teacher_targets"]:

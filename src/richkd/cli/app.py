@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg, layers = compose_with_layers(args.dataset, args.pair, args.method, args.overrides, args.config)
     _setup(cfg.train.threads, verbose=True)
     try:
-        result = train(cfg, resume=args.resume, layers=layers)
+        result = train(cfg, resume=args.resume, layers=layers, allow_code=args.allow_code)
     except KeyboardInterrupt:
         resume_cmd = "the same command" + ("" if args.resume else " plus --resume")
         has_ckpt = (Path(cfg.out_dir) / "checkpoint.pt").exists()
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
     )
+    train.add_argument("--allow-code", action="store_true",
+                       help="let a model named module:PKG.MOD:FACTORY be built by importing and running that code")
     train.set_defaults(func=cmd_train, interrupt_hint="continue with the same command plus --resume")
     ev = sub.add_parser("eval", help="evaluate a model file on a dataset split")
     ev.add_argument("--checkpoint", required=True, help="model_best.pt / model_last.pt of a run, or an exported "
