@@ -285,6 +285,14 @@ def test_feature_methods_take_mdistillers_imagenet_settings() -> None:
     assert (cifar.weight, cifar.reviewkd_warmup_epochs, cifar.reviewkd_student_preact) == (None, 20, False)
 
 
+def test_recipes_lists_the_per_pair_and_per_dataset_method_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    mv1 = next(i for i, line in enumerate(out) if line.strip().startswith("resnet50-mobilenetv1"))
+    assert "--method reviewkd: feature.weight=8.0, feature.reviewkd_max_mid_channel=256" in out[mv1 + 1]
+    assert "  imagenet: at, crd, dkd, kd, ofd, reviewkd, richkd-lf" in out
+
+
 def _error(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -87,7 +87,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from richkd.recipes import PAIRS, dataset_names, method_names
+    from richkd.recipes import PAIRS, dataset_method_layers, dataset_names, method_names
     from richkd.recipes.pairs import IMAGENET_PAIRS
 
     print("datasets (--dataset):", ", ".join(dataset_names()))
@@ -108,6 +108,13 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             dims = f"{pair.teacher_dim}/{pair.student_dim}"
             name = pair.alias or pair.name
             print(f"  {name:<24} {pair.family:<6} {dims:>10} {lr:>5} {pair.dkd_beta:>8g}  {pair.source}")
+            for method, sections in pair.method_overrides.items():
+                keys = ", ".join(f"{section}.{key}={value}" for section, values in sections.items()
+                                 for key, value in values.items())
+                print(f"  {'':<24} --method {method}: {keys}")
+    print("dataset layers over a method's preset (recipes/datasets/<dataset>.<method>.yaml):")
+    for dataset, methods in dataset_method_layers().items():
+        print(f"  {dataset}: {', '.join(methods)}")
     return 0
 
 

@@ -6,7 +6,7 @@ layers in its `base:` list. Each recipe block lives in one file here (method wei
 defaults, per-pair details in `pairs.py`), and the run directory gets the fully resolved `config.yaml`.
 """
 
-from richkd.recipes.compose import compose, dataset_names, method_names
+from richkd.recipes.compose import compose, dataset_method_layers, dataset_names, method_names
 from richkd.recipes.pairs import PAIRS, Pair, get_pair
 
-__all__ = ["PAIRS", "Pair", "compose", "dataset_names", "get_pair", "method_names"]
+__all__ = ["PAIRS", "Pair", "compose", "dataset_method_layers", "dataset_names", "get_pair", "method_names"]

@@ -33,6 +33,17 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (_HERE / "methods").glob("*.yaml"))
 
 
+def dataset_method_layers() -> dict[str, list[str]]:
+    """{dataset: [methods]} whose `datasets/<dataset>.<method>.yaml` layer a dataset's own settings for the method
+    (ImageNet's KD/DKD/CRD weights, AT/OFD batch sizes, ReviewKD warm-up), applied over the method's preset."""
+    layers: dict[str, list[str]] = {}
+    for path in sorted((_HERE / "datasets").glob("*.*.yaml")):
+        dataset, method = path.stem.split(".", 1)
+        if method != "teacher":
+            layers.setdefault(dataset, []).append(method)
+    return layers
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping, with one-line errors for a missing, unparsable or non-mapping file."""
     if not path.is_file():
