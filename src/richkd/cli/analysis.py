@@ -24,7 +24,15 @@ import torch
 from torch import Tensor
 
 from richkd import __version__
-from richkd.cli.args import check_out_file, count_int, positive_float, threads_int, unit_float
+from richkd.cli.args import (
+    add_folder_args,
+    check_out_file,
+    count_int,
+    folder_for,
+    positive_float,
+    threads_int,
+    unit_float,
+)
 from richkd.engine.io import file_sha256
 from richkd.errors import RichKDError
 
@@ -72,6 +80,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="predictions file to write, e.g. teacher.preds.safetensors")
+    add_folder_args(p)
     p.set_defaults(func=cmd_predict, interrupt_hint="nothing was written")
 
     a = subparsers.add_parser("analyze", help="calibration, quadrants, consistency, agreement of predictions files",
@@ -223,7 +232,7 @@ def _open_sources(args: argparse.Namespace) -> _Sources:
     if args.cache is not None:
         read_meta(args.cache)
     templates = load_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
-    full = load_dataset(args.dataset, args.root, args.split)
+    full = load_dataset(args.dataset, args.root, args.split, folder=folder_for(args, ckpt))
     ds, subset = limited(full, args.limit)
     src = _Sources(full=full, ds=ds, rows=subset.rows if subset is not None else torch.arange(len(full)),
                    limit=None if subset is None else subset.limit, templates=templates)

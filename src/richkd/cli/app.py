@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.cli.args import OneLineParser, check_out_file, count_int, threads_int
+from richkd.cli.args import OneLineParser, add_folder_args, check_out_file, count_int, folder_for, threads_int
 from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         exported = load_exported(path)
         arch, model, mean, std = exported.arch, exported.module, exported.spec.mean, exported.spec.std
-        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+        ds, rows = limited(load_dataset(args.dataset, args.root, args.split, folder=folder_for(args, path)), args.limit)
         if exported.classes != ds.classes:
             raise RichKDError(f"{path}'s model card lists other classes (or another order) than {ds.name}")
     else:
@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         arch = args.arch or info.get("arch")
         if arch is None:
             raise RichKDError(f"{path} does not record its architecture: pass --arch")
-        ds, rows = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+        ds, rows = limited(load_dataset(args.dataset, args.root, args.split, folder=folder_for(args, path)), args.limit)
         model = create_model(arch, len(ds.classes))
         load_model_file(path, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
         mean, std = ds.mean, ds.std
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=threads_int, default=None)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
+    add_folder_args(ev)
     ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from richkd.cli.args import count_int, seed_int, threads_int
+from richkd.cli.args import add_folder_args, count_int, folder_for, seed_int, threads_int
 from richkd.engine.io import file_sha256, parse_named
 from richkd.errors import RichKDError
 
@@ -44,6 +44,7 @@ def add_robustness_parser(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder for robustness.json and robustness.md")
+    add_folder_args(p)
     p.set_defaults(func=cmd_robustness)
 
 
@@ -152,7 +153,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     for raw in checkpoints.values():  # corrupt or hostile: fail before the dataset is decoded
         read_model_file(Path(raw).expanduser())
 
-    ds, subset = limited(load_dataset(args.dataset, args.root, args.split), args.limit)
+    folder = folder_for(args, Path(next(iter(checkpoints.values()))).expanduser())
+    ds, subset = limited(load_dataset(args.dataset, args.root, args.split, folder=folder), args.limit)
     images, labels, rows = ds.images, ds.labels, None if subset is None else subset.rows
     models, info = _load_models(checkpoints, archs, ds.classes, device)
     size = int(images.shape[2])

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import count_int, nonneg_float, pad_int, threads_int
+from richkd.cli.args import add_folder_args, count_int, folder_for, nonneg_float, pad_int, threads_int
 
 
 def add_teacher_parser(subparsers: Any) -> None:
@@ -42,6 +42,7 @@ def add_teacher_parser(subparsers: Any) -> None:
     cache.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     cache.add_argument("--checkpoint-every", type=nonneg_float, default=30.0, metavar="SECONDS",
                        help="save progress this often (0: after every chunk); a killed build resumes from there")
+    add_folder_args(cache)
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
 
 
@@ -68,7 +69,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
     read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    full = load_dataset(args.dataset, args.root, args.split, download=args.download, cache_dir=cache_dir)
+    full = load_dataset(
+        args.dataset, args.root, args.split, download=args.download, cache_dir=cache_dir,
+        folder=folder_for(args, checkpoint),
+    )
     ds, rows = limited(full, args.limit)
     model = create_model(args.arch, len(ds.classes))
     load_model_file(checkpoint, model, arch=args.arch, num_classes=len(ds.classes), classes=ds.classes)

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from richkd.cli.args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
+from richkd.cli.args import (
+    add_folder_args,
+    check_out_file,
+    count_int,
+    folder_for,
+    nonneg_float,
+    pad_int,
+    positive_float,
+    seed_int,
+    threads_int,
+)
 from richkd.cli.stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
 
@@ -36,6 +46,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--limit", type=count_int, default=None,
                    help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
+    add_folder_args(p)
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +124,8 @@ def _load_data(args: argparse.Namespace) -> tuple[ArrayDataset, SubsetRows | Non
             args.bf16 = bf16_is_fast(device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return limited(load_dataset(args.dataset, args.root, args.split, download=args.download), args.limit)
+    folder = folder_for(args)
+    return limited(load_dataset(args.dataset, args.root, args.split, download=args.download, folder=folder), args.limit)
 
 
 def _load_teacher(args: argparse.Namespace) -> tuple[VisionLanguageTeacher, tuple[str, ...]]:
@@ -217,7 +229,7 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    ds = load_dataset(args.dataset, args.root, args.split, download=args.download)
+    ds = load_dataset(args.dataset, args.root, args.split, download=args.download, folder=folder_for(args))
     cache = TargetCache.open(args.cache)
     cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
     limit = args.limit if args.limit is not None else cache.meta.subset_limit  # no --limit: every row it holds

@@ -108,7 +108,9 @@ def checkpoint_spec(path: Path, info: dict[str, Any], run: RunInfo) -> InputSpec
             f"{path} does not record its input normalisation and no run config.yaml beside it says which "
             "dataset it was trained on: use a model file from its run directory (or one trained by this richkd)"
         )
-    return InputSpec(size=(int(size[0]), int(size[1])), mean=tuple(mean), std=tuple(std), color=color, pad=pad)  # type: ignore[arg-type]
+    resize = str(run.get("data.resize") or "shorter") if dataset == "imagefolder" else "shorter"
+    return InputSpec(size=(int(size[0]), int(size[1])), mean=tuple(mean), std=tuple(std), color=color, pad=pad,  # type: ignore[arg-type]
+                     resize=resize)
 
 
 def _imagefolder_stats(run: RunInfo) -> tuple[Any, Any, Any]:
