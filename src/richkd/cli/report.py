@@ -34,7 +34,8 @@ def add_report_parser(subparsers: Any) -> None:
                       help="a model file (model_best.pt / model_last.pt), repeatable")
     cost.add_argument("--device", default="cpu")
     cost.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (recorded in cost.json)")
-    cost.add_argument("--image-size", type=image_size_int, default=32, help="input height = width (default 32, CIFAR)")
+    cost.add_argument("--image-size", type=image_size_int, default=None,
+                      help="input height = width (default: the size the model files record, else 32)")
     cost.add_argument("--repeats", type=count_int, default=20, help="timed forward passes per batch size (median)")
     cost.add_argument("--warmup", type=nonneg_count_int, default=3, help="untimed forward passes before timing")
     cost.add_argument("--out", required=True, help="write DIR/cost.json here")
@@ -90,7 +91,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from richkd.models import create_model
 
     checkpoints = parse_checkpoints(args.checkpoint)
-    if args.image_size < 1 or args.repeats < 1 or args.warmup < 0:
+    if (args.image_size is not None and args.image_size < 1) or args.repeats < 1 or args.warmup < 0:
         raise RichKDError("--image-size and --repeats must be ≥ 1 and --warmup ≥ 0")
     device = check_device(args.device)
     if args.threads is not None:
@@ -106,7 +107,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
         model = create_model(info["arch"], int(info["num_classes"]))
         load_weights_strict(model, state, source=path, arch=info["arch"])
         models[name] = (model.to(device), info, path)
-    input_shape = (3, args.image_size, args.image_size)
+    recorded = {tuple(info["input_size"]) for _, info, _ in models.values() if info.get("input_size") is not None}
+    if args.image_size is None and len(recorded) > 1:
+        raise RichKDError(f"the model files record different input sizes ({sorted(recorded)}): pass --image-size")
+    size = args.image_size or (int(min(next(iter(recorded)))) if recorded else 32)
+    input_shape = (3, size, size)
     result: dict[str, Any] = {
         "version": 1,
         "device": str(device),

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # bump when the cache layout or decoding changes, so stale caches are rebuilt
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
 BAD_SHOWN = 3  # unreadable files named in the one-line error; the full list goes to a file
+_WARNED: set[str] = set()  # dataset caches whose skipped files were already logged by this process
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,10 @@ def _check_bad(meta: dict[str, Any], source: Path, entry: Path, skip_bad: bool) 
     if not bad:
         return
     if skip_bad:
-        log.warning("skipping %d unreadable files in %s (data.skip_bad=true), e.g. %s", len(bad), source, bad[0][0])
+        if str(entry) not in _WARNED:  # once per process, not once per split loaded
+            _WARNED.add(str(entry))
+            log.warning("skipping %d unreadable files in %s (data.skip_bad=true): %s", len(bad), source,
+                        ", ".join(p for p, _ in bad[:BAD_SHOWN]) + (" ..." if len(bad) > BAD_SHOWN else ""))
         return
     listing = entry / "unreadable.txt"
     write_atomic(listing, lambda fh: fh.write("".join(f"{p}\t{r}\n" for p, r in bad).encode()))
