@@ -105,7 +105,7 @@ def load_imagefolder(
     _check_bad(meta, source, entry, opts.skip_bad)
     holdout = opts.split_fraction is not None and test_split not in meta["splits"]
     base = (UNSPLIT if UNSPLIT in meta["splits"] else "train") if holdout else split
-    if base == UNSPLIT and not holdout:
+    if UNSPLIT in meta["splits"] and not holdout:
         raise RichKDError(
             f"{source} has no train/ and {test_split}/ folders (it is one folder of class folders): pass "
             "data.split_fraction=0.2 (CLI: --split-fraction 0.2) to hold out a seeded, stratified 20% as the test split"
@@ -117,6 +117,9 @@ def load_imagefolder(
                else "; or pass data.split_fraction=0.2 (CLI: --split-fraction 0.2) to hold out 20% of train/")
         )
     loaded = _load_split(entry, base, meta)
+    if loaded is None:  # damaged (e.g. a truncated .npy): rebuild once
+        meta = build_cache(source, entry, fingerprint, opts.image_size, opts.resize)
+        loaded = _load_split(entry, base, meta)
     if loaded is None:
         raise RichKDError(f"the dataset cache {entry} is unreadable right after writing: delete it and retry")
     images, labels = loaded
