@@ -1,5 +1,6 @@
-"""Decode an image-folder tree (a directory or a tar archive) into uint8 arrays, in parallel, without
-extracting anything to disk. numpy + PIL only: the workers never touch torch."""
+"""Decode an image-folder tree (a directory, tar or zip archive) into uint8 arrays, in parallel, without
+extracting anything to disk. numpy + PIL only: the workers never touch torch. One read finds every problem:
+undecodable files and mixed sizes are collected and returned, not raised at the first one."""
 
 from __future__ import annotations
 
@@ -178,17 +179,6 @@ def decode_images(blobs: list[bytes], image_size: int | None, resize: str = "sho
     if arrays and len(sizes) == 1:
         stacked = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2))
     return Decoded(stacked, good, bad, sizes)
-
-
-def decode_chunk(blobs: list[bytes], image_size: int | None) -> np.ndarray | tuple[int, str]:
-    """uint8 [k, 3, H, W] for encoded images of one size; on the first failure (index, reason)."""
-    result = decode_images(blobs, image_size)
-    if result.bad:
-        return result.bad[0]
-    if result.images is None:
-        (w0, h0), (w1, h1) = list(result.sizes)[:2]
-        return 1, f"is {w1}x{h1} but others are {w0}x{h0}; pass data.image_size=<pixels> to resize all"
-    return result.images
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -1,7 +1,8 @@
 """The input a model was trained on (InputSpec), and turning user image files into exactly that input.
 
-Decoding goes through the training decoder (richkd.data.decode.decode_chunk: PIL, RGB, shorter side to the
-size then a centre crop, identity when the size already matches), so `richkd classify` and `richkd eval`
+Decoding goes through the training decoder (richkd.data.decode.decode_images: PIL, EXIF-oriented RGB, shorter
+side to the size then a centre crop, or a squash when the run used data.resize=squash; identity when the size
+already matches), so `richkd classify` and `richkd eval`
 see identical pixels for the same JPEG.
 """
 
