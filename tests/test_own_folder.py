@@ -205,6 +205,13 @@ def test_modes_exif_alpha_and_squash(tmp_path: Path) -> None:
     assert rotated.numpy().tolist() == expected.tolist()
     crop = load_dataset("imagefolder", root, "train", cache_dir=tmp_path / "c", folder=FolderOptions(image_size=8))
     assert not torch.equal(crop.images[1], rotated)  # the centre crop of a tall image is not the whole of it
+    # classify feeds a photo exactly as the run saw it, by the recorded resize policy
+    from richkd.export.images import InputSpec, decode_image
+
+    for resize, ds in (("squash", squash), ("shorter", crop)):
+        spec = InputSpec(size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize=resize)
+        decoded = decode_image(root / "train" / "b" / "rot.png", spec)
+        assert isinstance(decoded, np.ndarray) and decoded.tolist() == ds.images[1].tolist()
 
 
 def test_class_names_and_zip_without_split(messy: Path, tmp_path: Path) -> None:
