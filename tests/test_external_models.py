@@ -209,6 +209,7 @@ def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_c
                              "distill.method=vanilla", "train.max_steps_per_epoch=2", f"out_dir={run_dir}"])
     with pytest.raises(RichKDError, match="--allow-code"):
         build_fit(cfg, torch.device("cpu"))
+    sys.modules.pop("richkd_user_nets", None)  # an earlier test may have imported it with the opt-in
     argv = ["train", *COMMON, *data_args(tiny_cifar10, tmp_path), f"model.student={import_name}",
             "distill.method=vanilla", "train.max_steps_per_epoch=2", f"out_dir={run_dir}"]
     assert main(argv) == 2  # the CLI: refused in one line, nothing imported, no run directory left behind

@@ -27,7 +27,8 @@ from richkd.config import (
     VanillaConfig,
     config_to_dict,
 )
-from richkd.data import ArrayDataset, load_dataset
+from richkd.data import ArrayDataset, FolderOptions, default_cache_dir, load_dataset
+from richkd.data.folder import folder_report
 from richkd.data.loader import DeviceData
 from richkd.data.stream import StreamDataset
 from richkd.data.stream.splits import StreamSplit, open_stream_splits
@@ -83,14 +84,40 @@ log = logging.getLogger(__name__)
 Split = ArrayDataset | StreamSplit  # in memory, or streamed from disk (data.name: imagenet)
 
 
+def folder_options(cfg: RunConfig) -> FolderOptions | None:
+    """The image-folder policy of the run's data.* keys (None for the other datasets)."""
+    d = cfg.data
+    if d.name != "imagefolder":
+        return None
+    return FolderOptions(
+        image_size=d.image_size, resize=d.resize, split_fraction=d.split_fraction, split_seed=d.split_seed,
+        skip_bad=d.skip_bad, class_names=d.class_names,
+    )
+
+
 def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     d = cfg.data
     cache_dir = Path(d.cache_dir) if d.cache_dir else None
-    train = load_dataset(d.name, d.root, d.train_split, download=d.download, cache_dir=cache_dir)
-    test = load_dataset(d.name, d.root, d.test_split, download=d.download, cache_dir=cache_dir)
+    kw: dict[str, Any] = {"download": d.download, "cache_dir": cache_dir, "test_split": d.test_split}
+    folder = folder_options(cfg)
+    if folder is None and (d.skip_bad or d.split_fraction is not None or d.class_names or d.image_size is not None):
+        raise RichKDError(
+            f"data.image_size, split_fraction, skip_bad and class_names are for data.name=imagefolder, not {d.name}"
+        )
+    train = load_dataset(d.name, d.root, d.train_split, folder=folder, **kw)
+    test = load_dataset(d.name, d.root, d.test_split, folder=folder, **kw)
     if train.classes != test.classes:
         raise RichKDError(f"train and test splits of {d.name} have different classes")
     return train, test
+
+
+def folder_record(cfg: RunConfig) -> dict[str, Any] | None:
+    """run.json's account of an image folder: size and resize policy, split rule, unreadable files skipped."""
+    folder, d = folder_options(cfg), cfg.data
+    if folder is None or d.root is None:
+        return None
+    cache_dir = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_dir()
+    return folder_report(d.root, cache_dir=cache_dir, options=folder, test_split=d.test_split)
 
 
 def build_teacher(
@@ -401,7 +428,7 @@ def build_fit(
     shapes = None
     if cfg.feature.method is not None:
         assert isinstance(teacher, nn.Module)  # config.validate refuses a teacher cache with a feature method
-        size = cfg.data.image_size if streamed else int(train.images.shape[-1])  # type: ignore[union-attr]
+        size = cfg.data.stream_size if streamed else int(train.images.shape[-1])  # type: ignore[union-attr]
         shapes = (feature_shapes(student, size), feature_shapes(teacher, size))
         for role, name, table in (("student", cfg.model.student, shapes[0]), ("teacher", cfg.model.teacher, shapes[1])):
             if not table.stages:
@@ -507,6 +534,7 @@ def build_fit(
         "best_selected_on": "val" if val_record is not None else "test",
         "val_split": val_record,
         "dataset_source": describe_source(full_train),
+        "image_folder": folder_record(cfg),
         "lr": lr,
         "lr_schedule": schedule_note,
         "student_init": student_init,
@@ -581,7 +609,7 @@ def build_stream_data(
     rank, world = dist.rank(), dist.world_size()
     if t.batch_size % world:
         raise RichKDError(f"train.batch_size {t.batch_size} (the global batch) is not divisible by {world} processes")
-    sizes = {"image_size": d.image_size, "resize_size": d.resize_size}
+    sizes = {"image_size": d.stream_size, "resize_size": d.resize_size}
     train_data = StreamDataset(train.source, train=True, rank=rank, world_size=world, seed=cfg.seed, **sizes)
     test_data = StreamDataset(test.source, train=False, rank=rank, world_size=world, seed=cfg.seed, **sizes)
     batches = StreamBatches(
@@ -590,7 +618,7 @@ def build_stream_data(
     )
     evaluation = StreamEval(
         test_data, batch_size=t.eval_batch_size, workers=d.workers, device=device,
-        input_size=(d.image_size, d.image_size),
+        input_size=(d.stream_size, d.stream_size),
     )
     return batches, evaluation
 

@@ -46,8 +46,22 @@ class DataConfig:
     pad: int = 4  # random-crop padding in pixels
     workers: int = 4  # imagenet: decode/augment processes per training process (0 = in-process); data.root
     # holds <train_split>/ and <test_split>/, each <wnid>/*.JPEG folders or *.tar shards
-    image_size: int = 224  # imagenet: RandomResizedCrop / centre-crop size (the protocol: 224)
+    image_size: int | None = None  # imagefolder: resize every image to this square side (None: all images must
+    # share one size, kept as is); imagenet: the RandomResizedCrop / centre-crop size (None: the protocol's 224)
     resize_size: int = 256  # imagenet evaluation: shorter side resized to this, then the centre image_size crop
+    resize: Literal["shorter", "squash"] = "shorter"  # imagefolder with image_size: shorter side to image_size
+    # then a centre crop, or squash the whole image to image_size x image_size (aspect ratio not kept)
+    split_fraction: float | None = None  # imagefolder without a <test_split>/ folder: hold out this seeded,
+    # stratified fraction of train/ (or of a folder of class folders) as the test split
+    split_seed: int = 0  # seed of that hold-out (not the run seed: eval and caches rebuild the same rows)
+    skip_bad: bool = False  # imagefolder: use the decodable images instead of refusing unreadable files
+    class_names: str | None = None  # imagefolder: TSV/CSV or YAML file, folder name -> display name (prompts,
+    # reports); read as data, never executed
+
+    @property
+    def stream_size(self) -> int:
+        """imagenet's crop side: data.image_size, or the protocol's 224."""
+        return self.image_size if self.image_size is not None else 224
 
 
 @dataclass(frozen=True)
@@ -327,9 +341,11 @@ class RunConfig:
         if mode != "off" and d.method == "vanilla":
             raise RichKDError(f"invalid config: fusion.mode={mode} needs a teacher, but distill.method is vanilla")
         if mode == "vlm" and self.vlm.cache is None:
+            where = f" --root {self.data.root}" if self.data.root else ""
             raise RichKDError(
-                "invalid config: fusion.mode=vlm needs vlm.cache (build one with `richkd vlm cache`), "
-                "or fusion.mode=control for the teacher-only control"
+                "invalid config: fusion.mode=vlm needs vlm.cache: pass vlm.cache=<your cache>, built by `richkd "
+                f"vlm cache --dataset {self.data.name}{where} --teacher surrogate --out caches/<name>` (the same "
+                "data.* options as this run), or use fusion.mode=control for the teacher-only control"
             )
         if isinstance(d, (CRDConfig, RichKDConfig)) and (d.nce_k < 1 or d.embed_dim < 1):
             raise RichKDError("invalid config: distill.nce_k and distill.embed_dim must be >= 1")
@@ -370,7 +386,11 @@ class RunConfig:
     def _validate_streamed(self) -> None:
         """data.name=imagenet: what streamed data supports (RandomResizedCrop views are not a finite family)."""
         data = self.data
-        if data.workers < 0 or not 1 <= data.image_size <= data.resize_size:
+        if data.split_fraction is not None and not 0.0 < data.split_fraction < 1.0:
+            raise RichKDError(f"invalid config: data.split_fraction must be in (0, 1) (got {data.split_fraction})")
+        if data.image_size is not None and data.image_size < 1:
+            raise RichKDError(f"invalid config: data.image_size must be >= 1 (got {data.image_size})")
+        if data.workers < 0 or (data.name == "imagenet" and not 1 <= data.stream_size <= data.resize_size):
             raise RichKDError("invalid config: need data.workers >= 0 and 1 <= data.image_size <= data.resize_size")
         if data.name != "imagenet":
             return

@@ -27,6 +27,7 @@ from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
     from richkd.caches.target import TargetCache
+    from richkd.data import FolderOptions
     from richkd.data.arrays import ArrayDataset
     from richkd.teachers.vlm import VisionLanguageTeacher
 
@@ -57,6 +58,7 @@ class PredictOptions:
     name: str | None = None
     batch_size: int = 256
     bf16: bool = False
+    folder: FolderOptions | None = None  # how an image folder is read (size, resize, split, names)
     device: str = "cpu"
 
 
@@ -201,7 +203,7 @@ def _open_sources(opts: PredictOptions) -> _Sources:
     if opts.cache is not None:
         read_meta(opts.cache)
     templates = load_templates(opts.templates) if opts.templates else DEFAULT_TEMPLATES
-    full = load_dataset(opts.dataset, opts.root, opts.split)
+    full = load_dataset(opts.dataset, opts.root, opts.split, folder=opts.folder)
     ds, subset = limited(full, opts.limit)
     src = _Sources(full=full, ds=ds, rows=subset.rows if subset is not None else torch.arange(len(full)),
                    limit=None if subset is None else subset.limit, templates=templates)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from richkd.analysis.analyze_files import AnalysisResult
     from richkd.analysis.predict import PredictResult
+    from richkd.data import FolderOptions
 
 __all__ = ["analyze", "corrupt", "fit_logit_scale", "measure_robustness", "predict", "zero_shot"]
 
@@ -22,6 +23,7 @@ def predict(
     clean_names: bool = True, cache: str | Path | None = None, alpha: float | None = None, no_vlm: bool = False,
     vlm_scale: float | None = None, root: str | None = None, split: str = "test", limit: int | None = None,
     features: bool = False, name: str | None = None, batch_size: int = 256, bf16: bool = False, device: str = "cpu",
+    folder: FolderOptions | None = None,
 ) -> PredictResult:
     """One predictor's logits on `dataset/split` written to `out` (a predictions file, for `analyze`).
 
@@ -38,7 +40,7 @@ def predict(
         dataset=dataset, out=str(out), checkpoint=text(checkpoint), arch=arch, kind=kind, vlm=vlm,
         vlm_weights=vlm_weights, templates=templates, clean_names=clean_names, cache=text(cache), alpha=alpha,
         no_vlm=no_vlm, vlm_scale=vlm_scale, root=root, split=split, limit=limit, features=features, name=name,
-        batch_size=batch_size, bf16=bf16, device=device,
+        batch_size=batch_size, bf16=bf16, device=device, folder=folder,
     ))
 
 
@@ -60,7 +62,7 @@ def zero_shot(
     *, dataset: str, teacher: str = "surrogate", root: str | None = None, split: str = "test",
     limit: int | None = None, weights: str | None = None, templates: str | None = None, clean_names: bool = True,
     scales: Sequence[float] | None = None, batch_size: int = 256, device: str = "cpu", bf16: bool | None = None,
-    download: bool = False,
+    download: bool = False, folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """A vision-language teacher's zero-shot top-1/top-5, NLL and ECE on `dataset/split`, with its prompt
     ensemble and a single prompt, at each logit scale (default: 1 and the model's own)."""
@@ -72,7 +74,7 @@ def zero_shot(
     from richkd.teachers.zero_shot_eval import zero_shot_results
 
     use_bf16 = bf16_is_fast(check_device(device)) if bf16 is None else bf16
-    ds, subset = limited(load_dataset(dataset, root, split, download=download), limit)
+    ds, subset = limited(load_dataset(dataset, root, split, download=download, folder=folder), limit)
     prompts = resolve_templates(templates)
     model = load_vlm(teacher, device=device, weights=weights)
     return zero_shot_results(model, ds, templates=prompts, subset=subset, scales=scales, clean_names=clean_names,
@@ -81,14 +83,14 @@ def zero_shot(
 
 def fit_logit_scale(
     cache: str | Path, *, dataset: str, root: str | None = None, split: str = "train", limit: int | None = None,
-    all_views: bool = False, download: bool = False,
+    all_views: bool = False, download: bool = False, folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """The logit scale s minimising the NLL of a target cache's cosines on its rows (`result["logit_scale"]`):
     the s a cache-only predictor (`predict(cache=..., vlm_scale=s)`) needs."""
     from richkd.caches.fit_scale import fit_cache_logit_scale
 
     return fit_cache_logit_scale(cache, dataset=dataset, root=root, split=split, download=download, limit=limit,
-                                 all_views=all_views)
+                                 all_views=all_views, folder=folder)
 
 
 def measure_robustness(
@@ -96,7 +98,7 @@ def measure_robustness(
     split: str = "test", limit: int | None = None, archs: Mapping[str, str] | None = None,
     corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
     official_c: str | None = None, shifts: Mapping[str, str] | None = None, seed: int = 0, batch_size: int = 512,
-    device: str = "cpu", progress: bool = False,
+    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """Accuracy of model files (NAME -> path) under CIFAR-C corruptions (generated, or the official files in
     `official_c`) and on shift folders (NAME -> folder); writes OUT/robustness.json and .md, returns the JSON."""
@@ -104,7 +106,7 @@ def measure_robustness(
 
     return run_robustness(checkpoints, out, dataset=dataset, root=root, split=split, limit=limit, archs=archs,
                           corruptions=corruptions, severities=severities, official_c=official_c, shifts=shifts,
-                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+                          seed=seed, batch_size=batch_size, device=device, progress=progress, folder=folder)
 
 
 def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, rows: Tensor | None = None) -> Tensor:

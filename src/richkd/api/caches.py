@@ -13,6 +13,7 @@ from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
     from richkd.caches.teacher import TeacherCacheMeta
+    from richkd.data import FolderOptions
 
 log = logging.getLogger("richkd")
 
@@ -49,7 +50,7 @@ def build_vlm_cache(
     teacher: str = "surrogate", weights: str | None = None, templates: str | None = None, clean_names: bool = True,
     views: int | Literal["all"] = 0, pad: int = 4, include_flip: bool = True, seed: int = 0,
     batch_size: int = 256, device: str = "cpu", bf16: bool | None = None, download: bool = False,
-    checkpoint_seconds: float = 30.0,
+    checkpoint_seconds: float = 30.0, folder: FolderOptions | None = None,
 ) -> VLMCacheResult:
     """A vision-language teacher's target cache of `dataset/split` (a stratified subset of `limit` rows), for
     `vlm.cache=OUT` in a RichKD run; a killed build resumes. `teacher`: surrogate (offline, a stand-in for CLIP,
@@ -68,7 +69,7 @@ def build_vlm_cache(
     out = Path(out)
     check_writable(out, "--out")
     use_bf16 = bf16_is_fast(check_device(device)) if bf16 is None else bf16
-    ds, rows = limited(load_dataset(dataset, root, split, download=download), limit)
+    ds, rows = limited(load_dataset(dataset, root, split, download=download, folder=folder), limit)
     prompts = resolve_templates(templates)
     vlm = load_vlm(teacher, device=device, weights=weights)
     log.info("teacher: %s (%s)", vlm.label, vlm.model_id)
@@ -87,7 +88,7 @@ def build_teacher_cache(
     out: str | Path, *, checkpoint: str | Path, arch: str, dataset: str, root: str | None = None,
     split: str = "train", limit: int | None = None, pad: int = 4, cache_dir: str | Path | None = None,
     batch_size: int = 1024, device: str = "cpu", bf16: bool = False, channels_last: bool = True,
-    download: bool = False, checkpoint_seconds: float = 30.0,
+    download: bool = False, checkpoint_seconds: float = 30.0, folder: FolderOptions | None = None,
 ) -> TeacherCacheResult:
     """A frozen CNN teacher's logits and pooled features for every row x crop/flip view of `dataset/split`,
     for `model.teacher_cache=OUT`; a killed build resumes. `checkpoint` is the teacher run's model_last.pt."""
@@ -111,7 +112,7 @@ def build_teacher_cache(
         raise RichKDError(f"--checkpoint {checkpoint} does not exist: pass the teacher's model_last.pt")
     read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
     full = load_dataset(dataset, root, split, download=download,
-                        cache_dir=Path(cache_dir) if cache_dir is not None else None)
+                        cache_dir=Path(cache_dir) if cache_dir is not None else None, folder=folder)
     ds, rows = limited(full, limit)
     model = create_model(arch, len(ds.classes))
     load_model_file(checkpoint, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from richkd.errors import RichKDError
 
 if TYPE_CHECKING:
+    from richkd.data import FolderOptions
     from richkd.export.load import LoadedModel
     from richkd.models.base import ZooModel
 
@@ -44,10 +45,12 @@ def load_model(path: str | Path, *, device: str = "cpu", threads: int | None = N
 def evaluate(
     checkpoint: str | Path, *, dataset: str, root: str | None = None, split: str = "test", limit: int | None = None,
     arch: str | None = None, batch_size: int = 512, device: str = "cpu", announce: Callable[[str], None] | None = None,
+    folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """top-1/top-5, NLL and ECE of a model file (a run's .pt, or an exported .safetensors) on `dataset/split`
-    (a stratified subset of `limit` rows); the dict `richkd eval --out` writes. `announce` receives one line
-    saying what is about to be evaluated, once the model and data are loaded (default: the richkd log)."""
+    (a stratified subset of `limit` rows; `folder`: how an image folder is read); the dict `richkd eval --out`
+    writes. `announce` receives one line saying what is about to be evaluated, once the model and data are loaded
+    (default: the richkd log)."""
     from richkd.data import load_dataset
     from richkd.data.loader import DeviceData
     from richkd.data.subset import limited
@@ -64,7 +67,7 @@ def evaluate(
 
         exported = load_exported(path)
         resolved, model, mean, std = exported.arch, exported.module, exported.spec.mean, exported.spec.std
-        ds, rows = limited(load_dataset(dataset, root, split), limit)
+        ds, rows = limited(load_dataset(dataset, root, split, folder=folder), limit)
         if exported.classes != ds.classes:
             raise RichKDError(f"{path}'s model card lists other classes (or another order) than {ds.name}")
     else:
@@ -72,7 +75,7 @@ def evaluate(
         resolved = arch or info.get("arch")
         if resolved is None:
             raise RichKDError(f"{path} does not record its architecture: pass --arch")
-        ds, rows = limited(load_dataset(dataset, root, split), limit)
+        ds, rows = limited(load_dataset(dataset, root, split, folder=folder), limit)
         model = create(resolved, len(ds.classes))
         load_model_file(path, model, arch=resolved, num_classes=len(ds.classes), classes=ds.classes)
         mean, std = ds.mean, ds.std

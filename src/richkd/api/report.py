@@ -53,11 +53,12 @@ def write_report(
 
 
 def measure_cost(
-    checkpoints: Mapping[str, str | Path], out: str | Path, *, device: str = "cpu", image_size: int = 32,
+    checkpoints: Mapping[str, str | Path], out: str | Path, *, device: str = "cpu", image_size: int | None = None,
     repeats: int = 20, warmup: int = 3,
 ) -> dict[str, Any]:
     """Parameters, FLOPs, batch-1 latency and batch-256 throughput of model files (NAME -> path); writes
-    OUT/cost.json and returns its content. Every file is loaded before any is timed."""
+    OUT/cost.json and returns its content. Every file is loaded before any is timed. `image_size` None: the input
+    size the model files record (the run's resolution), else 32 (CIFAR)."""
     import torch
 
     from richkd.analysis.cost import cpu_name, measure_cost
@@ -70,7 +71,7 @@ def measure_cost(
     for name, path in found.items():
         if not path.is_file():
             raise RichKDError(f"--checkpoint {name}: {path} not found")
-    if image_size < 1 or repeats < 1 or warmup < 0:
+    if (image_size is not None and image_size < 1) or repeats < 1 or warmup < 0:
         raise RichKDError("--image-size and --repeats must be ≥ 1 and --warmup ≥ 0")
     torch_device = check_device(device)
     folder = Path(out)
@@ -84,7 +85,11 @@ def measure_cost(
         model = create_model(info["arch"], int(info["num_classes"]))
         load_weights_strict(model, state, source=path, arch=info["arch"])
         models[name] = (model.to(torch_device), info, path)
-    input_shape = (3, image_size, image_size)
+    recorded = {tuple(info["input_size"]) for _, info, _ in models.values() if info.get("input_size") is not None}
+    if image_size is None and len(recorded) > 1:
+        raise RichKDError(f"the model files record different input sizes ({sorted(recorded)}): pass --image-size")
+    size = image_size or (int(min(next(iter(recorded)))) if recorded else 32)
+    input_shape = (3, size, size)
     result: dict[str, Any] = {
         "version": 1,
         "device": str(torch_device),

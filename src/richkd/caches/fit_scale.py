@@ -4,14 +4,17 @@ scale a fused or cache-only predictor uses (`richkd vlm fit-scale`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from richkd.data import FolderOptions
 
 __all__ = ["fit_cache_logit_scale"]
 
 
 def fit_cache_logit_scale(
     cache_dir: str | Path, *, dataset: str, root: str | None = None, split: str = "train", download: bool = False,
-    limit: int | None = None, all_views: bool = False,
+    limit: int | None = None, all_views: bool = False, folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """Fit s on the cached cosines of `dataset/split` (its plain view, or every view with `all_views`); returns
     the fitted scale with the NLL at 1 and at s, and the ECE at s. `limit` None: every row the cache holds."""
@@ -21,7 +24,7 @@ def fit_cache_logit_scale(
     from richkd.teachers.zero_shot import fit_logit_scale
     from richkd.teachers.zero_shot_eval import classification_metrics
 
-    ds = load_dataset(dataset, root, split, download=download)
+    ds = load_dataset(dataset, root, split, download=download, folder=folder)
     cache = TargetCache.open(cache_dir)
     cache.validate(dataset=ds.name, split=ds.split, n_rows=len(ds), class_names=ds.classes)
     limit = limit if limit is not None else cache.meta.subset_limit  # no limit: every row it holds

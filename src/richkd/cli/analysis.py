@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import count_int, positive_float, threads_int, unit_float
+from richkd.cli.args import add_folder_args, count_int, folder_for, positive_float, threads_int, unit_float
 
 __all__ = ["add_analysis_parsers", "cmd_predict", "cmd_analyze"]
 
@@ -61,6 +61,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="predictions file to write, e.g. teacher.preds.safetensors")
+    add_folder_args(p)
     p.set_defaults(func=cmd_predict, interrupt_hint="nothing was written")
 
     a = subparsers.add_parser("analyze", help="calibration, quadrants, consistency, agreement of predictions files",
@@ -90,8 +91,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    opts = PredictOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictOptions)})
-    result = predict(**dataclasses.asdict(opts))
+    opts = PredictOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictOptions)
+                             if f.name != "folder"}, folder=folder_for(args, args.checkpoint))
+    result = predict(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)})
     print(f"{result.path}: {result.provenance['name']} ({result.kind}) on {result.provenance['dataset']}/"
           f"{result.provenance['split']}, {result.rows} rows, top-1 {result.top1:.2f} % ({result.seconds:.1f} s)")
     return 0

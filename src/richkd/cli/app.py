@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from richkd.cli.args import OneLineParser, check_out_file, count_int, threads_int
+from richkd.cli.args import OneLineParser, add_folder_args, check_out_file, count_int, folder_for, threads_int
 from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
 
 log = logging.getLogger("richkd")
@@ -68,7 +68,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_out_file(out)
     result = evaluate(args.checkpoint, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit,
                       arch=args.arch, batch_size=args.batch_size, device=args.device,
-                      announce=lambda line: print(line, file=sys.stderr, flush=True))
+                      announce=lambda line: print(line, file=sys.stderr, flush=True),
+                      folder=folder_for(args, args.checkpoint))
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=threads_int, default=None)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
+    add_folder_args(ev)
     ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=cmd_models)

@@ -12,9 +12,12 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from richkd.config import SEED_MAX  # the config's `seed` and every --seed share one range
+
+if TYPE_CHECKING:
+    from richkd.data.folder import FolderOptions
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -107,3 +110,69 @@ def check_out_file(path: Path, flag: str = "--out") -> None:
     if path.is_dir():
         raise RichKDError(f"{flag} {path} is a folder; name the file to write, e.g. {path / 'result.json'}")
     check_writable(path.parent, flag)
+
+
+FOLDER_KEYS = ("image_size", "resize", "split_fraction", "split_seed", "skip_bad", "class_names")
+
+
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    """--dataset imagefolder: the run's data.* folder policy, so this command reads the same rows at the same size
+    (a command given a run's checkpoint takes them from its config.yaml when these are not passed)."""
+    g = p.add_argument_group("image folders (--dataset imagefolder; the same values as the run's data.* keys)")
+    g.add_argument("--image-size", type=image_size_int, default=None, help="data.image_size: resize to N x N")
+    g.add_argument("--resize", choices=("shorter", "squash"), default=None,
+                   help="data.resize: shorter side + centre crop (default) or squash the whole image")
+    g.add_argument("--split-fraction", type=float_in(0.0, 1.0, low_open=True), default=None,
+                   help="data.split_fraction: without a test/ folder, hold out this seeded stratified fraction")
+    g.add_argument("--split-seed", type=int_at_least(0, SEED_MAX), default=None, help="data.split_seed (default 0)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="data.skip_bad: use the decodable images, skipping unreadable files")
+    g.add_argument("--class-names-file", dest="folder_class_names", default=None, metavar="FILE",
+                   help="data.class_names: TSV/CSV or YAML, folder name -> display name")
+
+
+def folder_values(args: argparse.Namespace, recorded: Callable[[str], object] | None = None) -> dict[str, object]:
+    """The folder policy as data.* values: each option given here, else the run's recorded value (`recorded`:
+    dotted config key -> value or None), else unset (the loader's default)."""
+    given = {
+        "image_size": getattr(args, "image_size", None), "resize": getattr(args, "resize", None),
+        "split_fraction": getattr(args, "split_fraction", None), "split_seed": getattr(args, "split_seed", None),
+        "skip_bad": getattr(args, "skip_bad", None), "class_names": getattr(args, "folder_class_names", None),
+    }
+    out: dict[str, object] = {}
+    for key, value in given.items():
+        if value is None and recorded is not None:
+            value = recorded(f"data.{key}")
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def folder_for(args: argparse.Namespace, checkpoint: str | Path | None = None) -> FolderOptions | None:
+    """The FolderOptions a command reads --dataset imagefolder with: its own options over the policy recorded
+    with `checkpoint` (a run's config.yaml beside a model file, or an exported model's card); None otherwise."""
+    from richkd.data.folder import folder_options
+    from richkd.errors import RichKDError
+
+    if args.dataset != "imagefolder":
+        if folder_values(args):
+            raise RichKDError("--image-size, --resize, --split-*, --skip-bad, --class-names-file are for "
+                              f"--dataset imagefolder, not {args.dataset}")
+        return None
+    return folder_options(folder_values(args, _recorded(Path(checkpoint)) if checkpoint else None))
+
+
+def _recorded(checkpoint: Path) -> Callable[[str], object] | None:
+    from richkd.export.card import CARD_NAME, read_run
+
+    if checkpoint.suffix == ".safetensors":
+        import json
+
+        try:
+            card = json.loads(checkpoint.with_name(CARD_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        data = card.get("data") if isinstance(card, dict) else None
+        return (lambda key: data.get(key.split(".", 1)[1])) if isinstance(data, dict) else None
+    run = read_run(checkpoint)
+    return run.get if run.get("data.name") == "imagefolder" else None

@@ -33,7 +33,8 @@ def add_report_parser(subparsers: Any) -> None:
                       help="a model file (model_best.pt / model_last.pt), repeatable")
     cost.add_argument("--device", default="cpu")
     cost.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (recorded in cost.json)")
-    cost.add_argument("--image-size", type=image_size_int, default=32, help="input height = width (default 32, CIFAR)")
+    cost.add_argument("--image-size", type=image_size_int, default=None,
+                      help="input height = width (default: the size the model files record, else 32)")
     cost.add_argument("--repeats", type=count_int, default=20, help="timed forward passes per batch size (median)")
     cost.add_argument("--warmup", type=nonneg_count_int, default=3, help="untimed forward passes before timing")
     cost.add_argument("--out", required=True, help="write DIR/cost.json here")

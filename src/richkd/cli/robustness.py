@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import count_int, seed_int, threads_int
+from richkd.cli.args import add_folder_args, count_int, folder_for, seed_int, threads_int
 from richkd.engine.io import parse_named
 
 
@@ -38,6 +38,7 @@ def add_robustness_parser(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder for robustness.json and robustness.md")
+    add_folder_args(p)
     p.set_defaults(func=cmd_robustness)
 
 
@@ -57,6 +58,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         checkpoints, args.out, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit, archs=archs,
         corruptions=corruptions, severities=severities, official_c=args.official_c, shifts=shifts, seed=args.seed,
         batch_size=args.batch_size, device=args.device, progress=True,
+        folder=folder_for(args, Path(next(iter(checkpoints.values()))).expanduser() if checkpoints else None),
     )
     print(render_markdown(result), end="")
     return 0

@@ -12,7 +12,17 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import check_out_file, count_int, nonneg_float, pad_int, positive_float, seed_int, threads_int
+from richkd.cli.args import (
+    add_folder_args,
+    check_out_file,
+    count_int,
+    folder_for,
+    nonneg_float,
+    pad_int,
+    positive_float,
+    seed_int,
+    threads_int,
+)
 from richkd.cli.stream_cache import add_cache_merge_parser, add_stream_cache_args
 from richkd.engine.io import write_json_atomic
 
@@ -30,6 +40,7 @@ def _add_data_args(p: argparse.ArgumentParser, split: str) -> None:
     p.add_argument("--limit", type=count_int, default=None,
                    help="a stratified subset of exactly N rows (about N/C per class, as data.train_limit=N)")
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
+    add_folder_args(p)
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +119,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     result = zero_shot(dataset=args.dataset, teacher=args.teacher, root=args.root, split=args.split,
                        limit=args.limit, weights=args.weights, templates=args.templates, clean_names=args.clean_names,
                        scales=args.logit_scale, batch_size=args.batch_size, device=args.device, bf16=args.bf16,
-                       download=args.download)
+                       download=args.download, folder=folder_for(args))
     shown = "" if result["subset"] is None else f", {result['subset']}"
     print(f"{result['teacher']} on {result['dataset']}/{result['split']} ({result['rows']} images{shown})")
     print(f"{'prompts':<30} {'scale':>8} {'top-1 %':>8} {'top-5 %':>8} {'NLL':>7} {'ECE %':>7}")
@@ -137,7 +148,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         args.out, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit, teacher=args.teacher,
         weights=args.weights, templates=args.templates, clean_names=args.clean_names, views=args.views, pad=args.pad,
         include_flip=args.include_flip, seed=args.seed, batch_size=args.batch_size, device=args.device,
-        bf16=args.bf16, download=args.download, checkpoint_seconds=args.checkpoint_every,
+        bf16=args.bf16, download=args.download, checkpoint_seconds=args.checkpoint_every, folder=folder_for(args),
     )
     print(f"target cache {result.path}: {result.dataset}/{result.split}, {result.rows} rows, teacher "
           f"{result.teacher} ({result.seconds:.1f} s)")
@@ -150,7 +161,7 @@ def cmd_fit_scale(args: argparse.Namespace) -> int:
     _check_out(args.out)
     _set_threads(args.threads)
     result = fit_logit_scale(args.cache, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit,
-                             all_views=args.all_views, download=args.download)
+                             all_views=args.all_views, download=args.download, folder=folder_for(args))
     print(f"fitted logit scale {result['logit_scale']:.3f} (NLL {result['nll_at_1']:.3f} at scale 1 -> "
           f"{result['nll_at_fit']:.3f}; ECE {100 * result['ece_at_fit']:.2f} %) for {result['teacher']}")
     if args.out:

@@ -97,15 +97,28 @@ def build_card(
         "input": spec.to_dict(),
         "params": params,
         "training": _training(run),
+        "data": _folder_policy(run),
         "accuracy": _accuracy(run, source),
         "run": _run(run),
         "source": {"file": str(source.resolve()), "sha256": source_sha256},
         "richkd_version": __version__,
     }
     if previous is not None:  # re-export: the original provenance is the true one
-        for key in ("training", "accuracy", "run", "source"):
+        for key in ("training", "accuracy", "run", "source", "data"):
             card[key] = previous.get(key)
     return card
+
+
+def _folder_policy(run: RunInfo) -> dict[str, Any] | None:
+    """An image-folder model's data.* policy (size, resize, split, class names), so `richkd eval` of the exported
+    model reads the folder as the run did; the unreadable files its run skipped, as run.json lists them."""
+    if run.get("data.name") != "imagefolder":
+        return None
+    keys = ("root", "image_size", "resize", "split_fraction", "split_seed", "skip_bad", "class_names")
+    policy = {key: run.get(f"data.{key}") for key in keys}
+    folder = run.run.get("image_folder") or {}
+    policy["skipped_bad_files"] = folder.get("skipped_bad_files", []) if isinstance(folder, dict) else []
+    return policy
 
 
 def _training(run: RunInfo) -> dict[str, Any] | None:

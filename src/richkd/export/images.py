@@ -1,7 +1,8 @@
 """The input a model was trained on (InputSpec), and turning user image files into exactly that input.
 
-Decoding goes through the training decoder (richkd.data.decode.decode_chunk: PIL, RGB, shorter side to the
-size then a centre crop, identity when the size already matches), so `richkd classify` and `richkd eval`
+Decoding goes through the training decoder (richkd.data.decode.decode_images: PIL, EXIF-oriented RGB, shorter
+side to the size then a centre crop, or a squash when the run used data.resize=squash; identity when the size
+already matches), so `richkd classify` and `richkd eval`
 see identical pixels for the same JPEG.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from richkd.data.decode import IMAGE_EXTENSIONS, decode_chunk
+from richkd.data.decode import IMAGE_EXTENSIONS, RESIZE_MODES, decode_images
 from richkd.errors import RichKDError
 
 Color = Literal["rgb", "grey"]
@@ -37,11 +38,14 @@ class InputSpec:
     std: tuple[float, float, float]
     color: Color = "rgb"
     pad: int = 0
+    resize: str = "shorter"  # how an image of another size is brought to (H, W): data.resize of the run
 
     def __post_init__(self) -> None:
         h, w = self.size
         if h <= 2 * self.pad or w <= 2 * self.pad or self.pad < 0:
             raise RichKDError(f"input size {h}x{w} with pad {self.pad} leaves no image")
+        if self.resize not in RESIZE_MODES:
+            raise RichKDError(f"input resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.color not in ("rgb", "grey"):
             raise RichKDError(f"input colour must be rgb or grey, got {self.color!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
@@ -49,6 +53,10 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         h, w = self.size
+        ih, iw = h - 2 * self.pad, w - 2 * self.pad
+        fit = f"squash to {ih}x{iw}" if self.resize == "squash" else (
+            f"shorter side to {min(ih, iw)} px, centre crop {ih}x{iw}"
+        )
         return {
             "size": [h, w],
             "channels": 3,
@@ -57,8 +65,8 @@ class InputSpec:
             "mean": list(self.mean),
             "std": list(self.std),
             "layout": "NCHW float32",
-            "transform": f"RGB{' -> luma, replicated to 3 channels' if self.color == 'grey' else ''}; shorter side "
-            f"to {min(h, w) - 2 * self.pad} px, centre crop {h - 2 * self.pad}x{w - 2 * self.pad}"
+            "resize": self.resize,
+            "transform": f"RGB{' -> luma, replicated to 3 channels' if self.color == 'grey' else ''}; {fit}"
             f"{f', zero pad {self.pad}' if self.pad else ''}; x/255; (x - mean) / std per channel",
         }
 
@@ -71,6 +79,7 @@ class InputSpec:
                 std=_triple(obj["std"]),
                 color=obj.get("color", "rgb"),
                 pad=int(obj.get("pad", 0)),
+                resize=str(obj.get("resize", "shorter")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise RichKDError(f"{where}: its input spec is malformed ({err!r}); re-export the model") from None
@@ -127,10 +136,10 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray | str:
         blob = path.read_bytes()
     except OSError as err:
         return f"cannot read: {err.strerror or err}"
-    decoded = decode_chunk([blob], ch if ch == cw else None)
-    if isinstance(decoded, tuple):
-        return decoded[1]
-    rgb = decoded[0]  # [3, h', w']
+    decoded = decode_images([blob], ch if ch == cw else None, spec.resize)
+    if decoded.bad or decoded.images is None:
+        return decoded.bad[0][1] if decoded.bad else "cannot decode"
+    rgb = decoded.images[0]  # [3, h', w']
     if rgb.shape[1:] != (ch, cw):
         rgb = _cover_crop(rgb, ch, cw)
     if spec.color == "grey":

@@ -111,19 +111,25 @@ def checkpoint_spec(path: Path, info: dict[str, Any], run: RunInfo) -> InputSpec
             f"{path} does not record its input normalisation and no run config.yaml beside it says which "
             "dataset it was trained on: use a model file from its run directory (or one trained by this richkd)"
         )
-    return InputSpec(size=(int(size[0]), int(size[1])), mean=tuple(mean), std=tuple(std), color=color, pad=pad)  # type: ignore[arg-type]
+    resize = str(run.get("data.resize") or "shorter") if dataset == "imagefolder" else "shorter"
+    return InputSpec(size=(int(size[0]), int(size[1])), mean=tuple(mean), std=tuple(std), color=color, pad=pad,  # type: ignore[arg-type]
+                     resize=resize)
 
 
 def _imagefolder_stats(run: RunInfo) -> tuple[Any, Any, Any]:
     """An older image-folder checkpoint: its train split's stats, from the decoded cache (decoded if need be)."""
     from richkd.data import load_dataset
+    from richkd.data.folder import folder_options
 
     root, cache_dir = run.get("data.root"), run.get("data.cache_dir")
     log.info("the checkpoint does not record its normalisation: reading the train split of %s", root)
     try:
+        keys = ("image_size", "resize", "split_fraction", "split_seed", "skip_bad", "class_names")
         ds = load_dataset(
             "imagefolder", root, run.get("data.train_split") or "train",
             cache_dir=Path(cache_dir) if cache_dir else None,
+            folder=folder_options({key: run.get(f"data.{key}") for key in keys}),
+            test_split=run.get("data.test_split") or "test",
         )
     except RichKDError as err:
         raise RichKDError(

@@ -8,13 +8,16 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from richkd.engine.io import file_sha256
 from richkd.errors import RichKDError
+
+if TYPE_CHECKING:
+    from richkd.data import FolderOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def run_robustness(
     split: str = "test", limit: int | None = None, archs: Mapping[str, str] | None = None,
     corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
     official_c: str | None = None, shifts: Mapping[str, str] | None = None, seed: int = 0, batch_size: int = 512,
-    device: str = "cpu", progress: bool = False,
+    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None,
 ) -> dict[str, Any]:
     """Accuracy of every model file (NAME -> path) under each corruption x severity (each corrupted batch shared
     by all models) and on each shift folder; writes OUT/robustness.json and OUT/robustness.md, returns the JSON's
@@ -134,7 +137,7 @@ def run_robustness(
     for raw in paths.values():  # corrupt or hostile: fail before the dataset is decoded
         read_model_file(Path(raw).expanduser())
 
-    ds, subset = limited(load_dataset(dataset, root, split), limit)
+    ds, subset = limited(load_dataset(dataset, root, split, folder=folder), limit)
     images, labels, rows = ds.images, ds.labels, None if subset is None else subset.rows
     models, info = _load_models(paths, archs, ds.classes, torch_device)
     size = int(images.shape[2])
