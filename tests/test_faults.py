@@ -62,7 +62,7 @@ def test_not_an_archive_and_truncated_archive(
     plain_file = tmp_path / "data.txt"
     plain_file.write_text("x")
     before = snapshot(tmp_path)
-    for root, needle in ((fake, "not a readable tar archive"), (truncated, "not a readable tar archive"),
+    for root, needle in ((fake, "not a readable tar or zip archive"), (truncated, "not a readable tar or zip archive"),
                          (plain_file, "neither a folder nor")):
         out = tmp_path / "run"
         code, _, err = run(["train", *COMMON, f"data.root={root}", f"out_dir={out}"], capsys)
