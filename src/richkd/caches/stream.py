@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from richkd.caches import chunked
 from richkd.caches.build_target import _encode_batch
-from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROMPT_CLASSES_FILE, cache_bytes
+from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROMPT_CLASSES_FILE, cache_bytes, read_build
 from richkd.caches.target import ARRAY_FILES, CacheMeta
 from richkd.data.stream import FolderSource, ShardSource
 from richkd.data.stream.transforms import decode_rgb
@@ -198,22 +197,9 @@ def make_recipe(
     return StreamCacheRecipe(meta, source_fingerprint(source), tuple(prompt_names))
 
 
-def _read_build(path: Path) -> dict[str, Any] | None:
-    f = path / BUILD_FILE
-    if not f.is_file():
-        return None
-    try:
-        record = json.loads(f.read_text(errors="replace"))
-    except json.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
-        raise RichKDError(f"{f} is not a JSON object: a damaged cache part; delete its folder and build it again")
-    return record
-
-
 def _rows_done(out: Path, key: dict[str, Any], lo: int, hi: int, array_names: tuple[str, ...]) -> int | None:
     """Rows of [lo, hi) already in `out` for this recipe (-1: fresh; None: complete); refuse a mismatch."""
-    done = _read_build(out)
+    done = read_build(out)
     if done is not None:
         if done["key"] != key or (done["lo"], done["hi"]) != (lo, hi):
             raise RichKDError(f"{out} already holds a target cache built differently: delete it or pick another --out")

@@ -20,7 +20,14 @@ from typing import IO, Any
 import numpy as np
 
 from richkd.caches import chunked
-from richkd.caches.stream_layout import BUILD_FILE, PARTS_DIR, PROGRESS_FILE_HINT, PROMPT_CLASSES_FILE, cache_bytes
+from richkd.caches.stream_layout import (
+    BUILD_FILE,
+    PARTS_DIR,
+    PROGRESS_FILE_HINT,
+    PROMPT_CLASSES_FILE,
+    cache_bytes,
+    read_build,
+)
 from richkd.caches.target import ARRAY_FILES, CacheMeta
 from richkd.data.subset import SUBSET_RULE
 from richkd.engine.io import write_atomic, write_json_atomic
@@ -32,18 +39,12 @@ ROW_BLOCK = 4096  # rows copied per step: bounded memory whatever the cache size
 
 
 def _read_part(path: Path) -> dict[str, Any]:
-    f = path / BUILD_FILE
-    if not f.is_file():
+    record = read_build(path)
+    if record is None:
         if (path / chunked.PROGRESS_FILE).is_file():
             done = json.loads((path / chunked.PROGRESS_FILE).read_text()).get("rows_done", 0)
             raise RichKDError(f"cache part {path} is unfinished ({done} rows done): {PROGRESS_FILE_HINT}")
         raise RichKDError(f"{path} is not a cache part (no {BUILD_FILE}): pass the parts/part-* folders")
-    try:
-        record = json.loads(f.read_text(errors="replace"))
-    except json.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict):
-        raise RichKDError(f"{f} is not a JSON object: a damaged cache part; delete its folder and build it again")
     return record
 
 
