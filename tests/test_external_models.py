@@ -199,7 +199,8 @@ def test_module_name_refuses_factories_no_other_process_can_import() -> None:
 
 @pytest.mark.shared_data
 def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_code(
-    tmp_path: Path, tiny_cifar10: Path, user_package: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_cifar10: Path, user_package: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from richkd.build import build_fit
     from richkd.config import load_config
@@ -230,6 +231,28 @@ def test_user_module_trains_through_the_python_api_and_exports_only_with_allow_c
     assert "--allow-code" in capsys.readouterr().err
     assert main(["classify", str(out / "model.safetensors"), str(image), "--allow-code", "--format", "jsonl"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])
+    # every other command that rebuilds a network from a file: refused in one line without the opt-in, then runs
+    monkeypatch.setenv("RICHKD_CACHE", str(tmp_path / "home_cache"))  # where eval & co. keep decoded folders
+    ckpt, data = str(run_dir / "model_last.pt"), ["--dataset", "imagefolder", "--root", str(tiny_cifar10)]
+    commands = {
+        "eval": ["eval", "--checkpoint", ckpt, *data, "--limit", "20"],
+        "predict": ["predict", "--checkpoint", ckpt, *data, "--limit", "20", "--out", str(tmp_path / "p.preds.npz")],
+        "robustness": ["robustness", "--checkpoint", f"user={ckpt}", *data, "--limit", "20", "--corruptions",
+                       "gaussian_noise", "--severities", "1", "--out", str(tmp_path / "rob")],
+        "cost": ["cost", "--checkpoint", f"user={ckpt}", "--repeats", "1", "--warmup", "0", "--out",
+                 str(tmp_path / "cost")],
+        "teacher cache": ["teacher", "cache", "--checkpoint", ckpt, "--arch", import_name, *data, "--split",
+                          "train", "--limit", "10", "--out", str(tmp_path / "tcache")],
+    }
+    for what, args in commands.items():
+        sys.modules.pop("richkd_user_nets", None)
+        assert main(args) == 2, what
+        refused = capsys.readouterr().err.strip()
+        assert "--allow-code" in refused and "\n" not in refused, (what, refused)
+        assert "richkd_user_nets" not in sys.modules, what
+        assert main([*args, "--allow-code"]) == 0, (what, capsys.readouterr().err[-2000:])
+        capsys.readouterr()
+    assert json.loads((tmp_path / "cost" / "cost.json").read_text())["models"]["user"]["params"] > 0
 
 
 # ---------------------------------------------------------------- timm / torchvision (extras venv)

@@ -333,3 +333,37 @@ def test_size_is_checked_before_starting(tmp_path: Path) -> None:
     with pytest.raises(RichKDError, match=r"needs .* GiB but .* free"):
         chunked.check_space(tmp_path / "big", 1 << 60, what="teacher cache")
     assert not (tmp_path / "big").exists()
+
+
+def test_cache_feeds_a_teacher_its_own_input_as_an_online_run_does(work: dict[str, Path]) -> None:
+    """A teacher trained at another resolution and normalisation (recorded in its model file) is cached as the
+    online run feeds it: the crop un-normalised to pixels, resized bilinearly to its 40 x 40 (upsampling: no
+    antialias) and normalised with its own statistics, not fed the dataset's 32 x 32 batch as is."""
+    from richkd.api import build_teacher_cache as api_build
+
+    base, own_mean, own_std = work["base"], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    torch.manual_seed(5)
+    model = create_model("resnet8", 10).eval()
+    checkpoint = base / "teacher40.pt"
+    ds, _ = limited(load_dataset("imagefolder", work["archive"], "train", cache_dir=work["dc"]), LIMIT)
+    save_model(checkpoint, model, arch="resnet8", num_classes=10, classes=ds.classes, mean=own_mean, std=own_std,
+               input_size=(40, 40))
+    out = base / "cache40"
+    api_build(out, checkpoint=checkpoint, arch="resnet8", dataset="imagefolder", root=str(work["archive"]),
+              cache_dir=work["dc"], limit=LIMIT, batch_size=648, channels_last=False)
+    cache = TeacherCache.open(out)
+    rows, views = torch.tensor([3, 11]), torch.tensor([40, 7])
+    p = exact_view_params(4)
+    pixels = apply_crop_flip(ds.images[rows], p._replace(dx=p.dx[views], dy=p.dy[views], flip=p.flip[views]),
+                             pad=4).double() / 255
+    resized = torch.nn.functional.interpolate(pixels, size=(40, 40), mode="bilinear", align_corners=False)
+    x = (resized - torch.tensor(own_mean).view(1, 3, 1, 1)) / torch.tensor(own_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        exact = copy.deepcopy(model).double()(x)
+        unadapted = model((pixels.float() - torch.tensor(ds.mean).view(1, 3, 1, 1))
+                          / torch.tensor(ds.std).view(1, 3, 1, 1))
+    logits, _ = cache.lookup(rows, views)
+    # float16 storage moves a value by at most 2^-11 (4.9e-4) of its size, the fp32 resize and forward by ~1e-6
+    # of it: 2e-3 of the largest logit bounds both; the unresized batch must be at least 5x that far off
+    torch.testing.assert_close(logits.double(), exact.logits, rtol=0, atol=2e-3 * float(exact.logits.abs().max()))
+    assert float((logits.float() - unadapted.logits).abs().max()) > 1e-2 * float(exact.logits.abs().max())

@@ -49,23 +49,14 @@ from richkd.distill import (
 from richkd.distill.features import FEATURE_TERMS, FeatureOptions, WithFeature, build_feature_term
 from richkd.engine import dist
 from richkd.engine.batches import BatchMaker, StreamBatches, StreamEval
-from richkd.engine.checkpoint import load_model_file, read_model_file
 from richkd.engine.device import bf16_is_fast
-from richkd.engine.fold import fold_batchnorm
 from richkd.engine.io import file_sha256
 from richkd.engine.optim import build_optimizer, milestones_beyond, resolve_milestones
 from richkd.engine.trainer import FitParts, Schedule
 from richkd.errors import RichKDError
 from richkd.models import FeatureShapes, create_model, feature_shapes
-from richkd.models.base import keep_bn_statistics
-from richkd.models.external import (
-    NativeInput,
-    TeacherInput,
-    is_external,
-    load_init_weights,
-    same_input,
-    teacher_input,
-)
+from richkd.models.external import NativeInput, load_init_weights
+from richkd.teachers.cnn import load_frozen_teacher
 from richkd.teachers.frozen import FusedTargets, OnlineTeacher, TargetSource
 from richkd.tracking import (
     CsvLogger,
@@ -127,20 +118,8 @@ def build_teacher(
     """The frozen teacher; fed with its own input size and normalisation (recorded in its model file, or a bare
     timm/torchvision/Lite0 network's pretrained convention) when they differ from the student's `student_input`."""
     assert cfg.model.teacher is not None and cfg.model.teacher_checkpoint is not None
-    model = create_model(cfg.model.teacher, len(classes), allow_code=allow_code)
-    checkpoint = Path(cfg.model.teacher_checkpoint)
-    recorded = read_model_file(checkpoint)[1]
-    if not recorded and is_external(cfg.model.teacher):  # a bare timm / torchvision / Lite0 state dict
-        load_init_weights(model, str(checkpoint), arch=cfg.model.teacher, replace_head=False)
-    else:
-        load_model_file(checkpoint, model, arch=cfg.model.teacher, num_classes=len(classes), classes=classes)
-    teacher = fold_batchnorm(model.to(device))  # frozen: the same function, one memory pass less per layer
-    keep_bn_statistics(model, teacher)  # folding removes the BNs; OFD's margin reads their statistics
-    own = teacher_input(recorded, model) if student_input is not None else None
-    if own is not None and student_input is not None and not same_input(own, student_input):
-        log.info("teacher input: resized to %s and renormalised (its own), the student's is %s",
-                 own.size, student_input.size)
-        teacher = TeacherInput(teacher, source=student_input, target=own).to(device)
+    teacher = load_frozen_teacher(cfg.model.teacher, cfg.model.teacher_checkpoint, classes, device,
+                                  student_input=student_input, allow_code=allow_code)
     if cfg.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if cfg.train.compile:  # frozen forward: compiling fuses its BatchNorm/ReLU/add into the convolutions

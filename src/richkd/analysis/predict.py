@@ -60,6 +60,7 @@ class PredictOptions:
     bf16: bool = False
     folder: FolderOptions | None = None  # how an image folder is read (size, resize, split, names)
     device: str = "cpu"
+    allow_code: bool = False  # the opt-in that a module:PKG.MOD:FACTORY checkpoint may run user code
 
 
 @dataclass(frozen=True)
@@ -146,19 +147,6 @@ def _run_model(
     return torch.cat(logits), torch.cat(pooled)
 
 
-def _load_checkpoint(path: Path, arch: str | None, classes: tuple[str, ...]) -> tuple[torch.nn.Module, str]:
-    from richkd.engine.checkpoint import load_model_file, read_model_file
-    from richkd.models import create_model
-
-    _, info = read_model_file(path)
-    arch = arch or info.get("arch")
-    if arch is None:
-        raise RichKDError(f"{path} does not record its architecture: pass --arch")
-    model = create_model(arch, len(classes))
-    load_model_file(path, model, arch=arch, num_classes=len(classes), classes=classes)
-    return model, str(arch)
-
-
 def _cache_outputs(cache: TargetCache, full: ArrayDataset, rows: Tensor) -> tuple[Tensor, Tensor]:
     """(cosines [N, C], image_emb [N, E]) of the plain view for full-split `rows` (a subset cache is mapped)."""
     cache_rows = cache.cache_rows(full.labels, rows)
@@ -195,6 +183,7 @@ def _open_sources(opts: PredictOptions) -> _Sources:
     from richkd.data import load_dataset
     from richkd.data.subset import limited
     from richkd.engine.checkpoint import read_model_file
+    from richkd.models.files import model_from_file
     from richkd.teachers.prompts import DEFAULT_TEMPLATES, load_templates
 
     ckpt = Path(opts.checkpoint) if opts.checkpoint else None
@@ -208,7 +197,7 @@ def _open_sources(opts: PredictOptions) -> _Sources:
     src = _Sources(full=full, ds=ds, rows=subset.rows if subset is not None else torch.arange(len(full)),
                    limit=None if subset is None else subset.limit, templates=templates)
     if ckpt is not None:
-        src.model, src.arch = _load_checkpoint(ckpt, opts.arch, full.classes)
+        src.model, src.arch = model_from_file(ckpt, full.classes, arch=opts.arch, allow_code=opts.allow_code)
     if opts.cache is not None:
         src.cache = TargetCache.open(opts.cache)
         src.cache.validate(dataset=full.name, split=full.split, n_rows=len(full), class_names=full.classes)

@@ -8,7 +8,7 @@ with an example; `examples/quickstart.py` runs the whole pipeline in a few lines
 
 from richkd.api.analysis import analyze, corrupt, fit_logit_scale, measure_robustness, predict, zero_shot
 from richkd.api.caches import TeacherCacheResult, VLMCacheResult, build_teacher_cache, build_vlm_cache
-from richkd.api.export import classify, export_model
+from richkd.api.export import bench_export, classify, export_model
 from richkd.api.models import create_model, evaluate, list_models, load_model
 from richkd.api.report import ReportFiles, measure_cost, summary_table, write_report
 from richkd.api.runs import RunResult, compose, compose_with_layers, config_text, load_run, train
@@ -19,6 +19,7 @@ __all__ = [
     "TeacherCacheResult",
     "VLMCacheResult",
     "analyze",
+    "bench_export",
     "build_teacher_cache",
     "build_vlm_cache",
     "classify",

@@ -23,13 +23,14 @@ def predict(
     clean_names: bool = True, cache: str | Path | None = None, alpha: float | None = None, no_vlm: bool = False,
     vlm_scale: float | None = None, root: str | None = None, split: str = "test", limit: int | None = None,
     features: bool = False, name: str | None = None, batch_size: int = 256, bf16: bool = False, device: str = "cpu",
-    folder: FolderOptions | None = None,
+    folder: FolderOptions | None = None, allow_code: bool = False,
 ) -> PredictResult:
     """One predictor's logits on `dataset/split` written to `out` (a predictions file, for `analyze`).
 
     The predictor: `checkpoint` (a model file; kind="teacher" labels a teacher), `vlm` (zero-shot), `cache` (a
     target cache; needs `vlm_scale`), `checkpoint` + `cache`/`vlm` + `alpha` (the fused teacher α·z_T + (1 − α)·s·z_C)
     or `checkpoint` + `alpha` + `no_vlm` (the control α·z_T). `name` defaults to `out`'s name without .preds...
+    `allow_code`: the opt-in that a checkpoint of a `module:PKG.MOD:FACTORY` model may import and run user code.
     """
     from richkd.analysis.predict import PredictOptions, predict_to_file
 
@@ -40,7 +41,7 @@ def predict(
         dataset=dataset, out=str(out), checkpoint=text(checkpoint), arch=arch, kind=kind, vlm=vlm,
         vlm_weights=vlm_weights, templates=templates, clean_names=clean_names, cache=text(cache), alpha=alpha,
         no_vlm=no_vlm, vlm_scale=vlm_scale, root=root, split=split, limit=limit, features=features, name=name,
-        batch_size=batch_size, bf16=bf16, device=device, folder=folder,
+        batch_size=batch_size, bf16=bf16, device=device, folder=folder, allow_code=allow_code,
     ))
 
 
@@ -98,15 +99,17 @@ def measure_robustness(
     split: str = "test", limit: int | None = None, archs: Mapping[str, str] | None = None,
     corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
     official_c: str | None = None, shifts: Mapping[str, str] | None = None, seed: int = 0, batch_size: int = 512,
-    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None,
+    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None, allow_code: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of model files (NAME -> path) under CIFAR-C corruptions (generated, or the official files in
-    `official_c`) and on shift folders (NAME -> folder); writes OUT/robustness.json and .md, returns the JSON."""
+    `official_c`) and on shift folders (NAME -> folder); writes OUT/robustness.json and .md, returns the JSON.
+    `allow_code`: the opt-in that a `module:PKG.MOD:FACTORY` model may import and run user code."""
     from richkd.robustness.run import run_robustness
 
     return run_robustness(checkpoints, out, dataset=dataset, root=root, split=split, limit=limit, archs=archs,
                           corruptions=corruptions, severities=severities, official_c=official_c, shifts=shifts,
-                          seed=seed, batch_size=batch_size, device=device, progress=progress, folder=folder)
+                          seed=seed, batch_size=batch_size, device=device, progress=progress, folder=folder,
+                          allow_code=allow_code)
 
 
 def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, rows: Tensor | None = None) -> Tensor:

@@ -89,18 +89,23 @@ def build_teacher_cache(
     split: str = "train", limit: int | None = None, pad: int = 4, cache_dir: str | Path | None = None,
     batch_size: int = 1024, device: str = "cpu", bf16: bool = False, channels_last: bool = True,
     download: bool = False, checkpoint_seconds: float = 30.0, folder: FolderOptions | None = None,
+    allow_code: bool = False,
 ) -> TeacherCacheResult:
     """A frozen CNN teacher's logits and pooled features for every row x crop/flip view of `dataset/split`,
-    for `model.teacher_cache=OUT`; a killed build resumes. `checkpoint` is the teacher run's model_last.pt."""
+    for `model.teacher_cache=OUT`; a killed build resumes. `checkpoint` is the teacher run's model_last.pt (or a
+    bare timm/torchvision/Lite0 state dict); the teacher is loaded as a training run loads it, resized and
+    renormalised to its own input when that differs from the dataset's. `allow_code`: the opt-in that a
+    `module:PKG.MOD:FACTORY` teacher may import and run user code."""
     from richkd.caches.build_teacher import build_teacher_cache as build
     from richkd.caches.build_teacher import plan_teacher_cache
     from richkd.data import load_dataset
+    from richkd.data.arrays import ArrayDataset
     from richkd.data.subset import limited
-    from richkd.engine.checkpoint import load_model_file, read_model_file
+    from richkd.engine.checkpoint import read_model_file
     from richkd.engine.device import check_device
-    from richkd.engine.fold import fold_batchnorm
     from richkd.engine.io import check_writable, file_sha256
-    from richkd.models import create_model
+    from richkd.models.external import NativeInput
+    from richkd.teachers.cnn import load_frozen_teacher
 
     out = Path(out)
     check_writable(out, "--out")
@@ -113,12 +118,16 @@ def build_teacher_cache(
     read_model_file(checkpoint)  # corrupt or hostile: fail before the dataset is decoded
     full = load_dataset(dataset, root, split, download=download,
                         cache_dir=Path(cache_dir) if cache_dir is not None else None, folder=folder)
+    if not isinstance(full, ArrayDataset):
+        raise RichKDError(f"a teacher cache holds an in-memory dataset; {full.name} is streamed from disk: "
+                          "run its teacher online (leave model.teacher_cache unset)")
     ds, rows = limited(full, limit)
-    model = create_model(arch, len(ds.classes))
-    load_model_file(checkpoint, model, arch=arch, num_classes=len(ds.classes), classes=ds.classes)
-    teacher = fold_batchnorm(model.to(torch_device))  # as build.py does for the online teacher
+    height, width = (int(v) for v in ds.images.shape[-2:])
+    teacher = load_frozen_teacher(arch, checkpoint, ds.classes, torch_device, allow_code=allow_code,
+                                  student_input=NativeInput((height, width), ds.mean, ds.std))
+    feature_dim = int(teacher.feature_dim)  # type: ignore[arg-type]  # a ZooModel's, or its input adapter's
     meta = plan_teacher_cache(
-        ds, arch=arch, checkpoint_sha256=file_sha256(checkpoint), feature_dim=int(model.feature_dim),
+        ds, arch=arch, checkpoint_sha256=file_sha256(checkpoint), feature_dim=feature_dim,
         pad=pad, bf16=bf16, subset=rows,
     )
     log.info("teacher cache %s: %d rows x %d views x (%d logits + %d features) in float16 = %.2f GiB", out, len(ds),

@@ -54,11 +54,12 @@ def write_report(
 
 def measure_cost(
     checkpoints: Mapping[str, str | Path], out: str | Path, *, device: str = "cpu", image_size: int | None = None,
-    repeats: int = 20, warmup: int = 3,
+    repeats: int = 20, warmup: int = 3, allow_code: bool = False,
 ) -> dict[str, Any]:
     """Parameters, FLOPs, batch-1 latency and batch-256 throughput of model files (NAME -> path); writes
     OUT/cost.json and returns its content. Every file is loaded before any is timed. `image_size` None: the input
-    size the model files record (the run's resolution), else 32 (CIFAR)."""
+    size the model files record (the run's resolution), else 32 (CIFAR). `allow_code`: the opt-in that a
+    `module:PKG.MOD:FACTORY` model may import and run user code."""
     import torch
 
     from richkd.analysis.cost import cpu_name, measure_cost
@@ -82,7 +83,7 @@ def measure_cost(
         if not info:
             raise RichKDError(f"--checkpoint {name}: {path} does not record its architecture (not a richkd "
                               "model file); use model_best.pt / model_last.pt of a richkd run")
-        model = create_model(info["arch"], int(info["num_classes"]))
+        model = create_model(info["arch"], int(info["num_classes"]), allow_code=allow_code)
         load_weights_strict(model, state, source=path, arch=info["arch"])
         models[name] = (model.to(torch_device), info, path)
     recorded = {tuple(info["input_size"]) for _, info, _ in models.values() if info.get("input_size") is not None}

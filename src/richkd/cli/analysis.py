@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import add_folder_args, count_int, folder_for, positive_float, threads_int, unit_float
+from richkd.cli.args import (
+    add_allow_code,
+    add_folder_args,
+    count_int,
+    folder_for,
+    positive_float,
+    threads_int,
+    unit_float,
+)
 
 __all__ = ["add_analysis_parsers", "cmd_predict", "cmd_analyze"]
 
@@ -62,6 +70,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="predictions file to write, e.g. teacher.preds.safetensors")
     add_folder_args(p)
+    add_allow_code(p)
     p.set_defaults(func=cmd_predict, interrupt_hint="nothing was written")
 
     a = subparsers.add_parser("analyze", help="calibration, quadrants, consistency, agreement of predictions files",

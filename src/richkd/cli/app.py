@@ -16,7 +16,15 @@ from pathlib import Path
 
 import torch
 
-from richkd.cli.args import OneLineParser, add_folder_args, check_out_file, count_int, folder_for, threads_int
+from richkd.cli.args import (
+    OneLineParser,
+    add_allow_code,
+    add_folder_args,
+    check_out_file,
+    count_int,
+    folder_for,
+    threads_int,
+)
 from richkd.errors import EXPECTED_CLASSES, RichKDError, expected_failure
 
 log = logging.getLogger("richkd")
@@ -69,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit,
                       arch=args.arch, batch_size=args.batch_size, device=args.device,
                       announce=lambda line: print(line, file=sys.stderr, flush=True),
-                      folder=folder_for(args, args.checkpoint))
+                      folder=folder_for(args, args.checkpoint), allow_code=args.allow_code)
     if out is not None:
         write_json_atomic(out, result)
     print(json.dumps(result, indent=2))
@@ -172,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in out_dir from its checkpoint"
     )
-    train.add_argument("--allow-code", action="store_true",
-                       help="let a model named module:PKG.MOD:FACTORY be built by importing and running that code")
+    add_allow_code(train)
     train.set_defaults(func=cmd_train, interrupt_hint="continue with the same command plus --resume")
     ev = sub.add_parser("eval", help="evaluate a model file on a dataset split")
     ev.add_argument("--checkpoint", required=True, help="model_best.pt / model_last.pt of a run, or an exported "
@@ -186,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=count_int, default=512)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=threads_int, default=None)
+    add_allow_code(ev)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     add_folder_args(ev)
     ev.set_defaults(func=cmd_eval, interrupt_hint="nothing was written")

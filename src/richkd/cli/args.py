@@ -115,6 +115,13 @@ def check_out_file(path: Path, flag: str = "--out") -> None:
 FOLDER_KEYS = ("image_size", "resize", "split_fraction", "split_seed", "skip_bad", "class_names")
 
 
+def add_allow_code(p: argparse.ArgumentParser) -> None:
+    """`--allow-code`: the one explicit opt-in that a model named module:PKG.MOD:FACTORY may be built by importing
+    and running that code (never because a file or a config names it)."""
+    p.add_argument("--allow-code", action="store_true",
+                   help="let a model named module:PKG.MOD:FACTORY be built by importing and running that code")
+
+
 def add_folder_args(p: argparse.ArgumentParser) -> None:
     """--dataset imagefolder: the run's data.* folder policy, so this command reads the same rows at the same size
     (a command given a run's checkpoint takes them from its config.yaml when these are not passed)."""

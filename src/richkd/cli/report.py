@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from richkd.api.report import DEFAULT_TITLE
-from richkd.cli.args import count_int, image_size_int, nonneg_count_int, threads_int
+from richkd.cli.args import add_allow_code, count_int, image_size_int, nonneg_count_int, threads_int
 from richkd.engine.io import parse_named
 from richkd.errors import RichKDError
 
@@ -38,6 +38,7 @@ def add_report_parser(subparsers: Any) -> None:
     cost.add_argument("--repeats", type=count_int, default=20, help="timed forward passes per batch size (median)")
     cost.add_argument("--warmup", type=nonneg_count_int, default=3, help="untimed forward passes before timing")
     cost.add_argument("--out", required=True, help="write DIR/cost.json here")
+    add_allow_code(cost)
     cost.set_defaults(func=cmd_cost)
 
 
@@ -75,7 +76,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = measure_cost(checkpoints, args.out, device=args.device, image_size=args.image_size, repeats=args.repeats,
-                          warmup=args.warmup)
+                          warmup=args.warmup, allow_code=args.allow_code)
     for name, cost in result["models"].items():
         print(f"{name:<16} {cost['arch']:<14} params {cost['params'] / 1e6:7.3f}M  FLOPs {cost['flops'] / 1e6:9.1f}M"
               f"  b1 {cost['latency_ms_b1']:7.2f} ms  b256 {cost['throughput_b256_img_s']:9.0f} img/s")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import add_folder_args, count_int, folder_for, seed_int, threads_int
+from richkd.cli.args import add_allow_code, add_folder_args, count_int, folder_for, seed_int, threads_int
 from richkd.engine.io import parse_named
 
 
@@ -39,6 +39,7 @@ def add_robustness_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
     p.add_argument("--out", required=True, help="output folder for robustness.json and robustness.md")
     add_folder_args(p)
+    add_allow_code(p)
     p.set_defaults(func=cmd_robustness)
 
 
@@ -57,7 +58,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     result = measure_robustness(
         checkpoints, args.out, dataset=args.dataset, root=args.root, split=args.split, limit=args.limit, archs=archs,
         corruptions=corruptions, severities=severities, official_c=args.official_c, shifts=shifts, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, progress=True,
+        batch_size=args.batch_size, device=args.device, progress=True, allow_code=args.allow_code,
         folder=folder_for(args, Path(next(iter(checkpoints.values()))).expanduser() if checkpoints else None),
     )
     print(render_markdown(result), end="")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from richkd.cli.args import add_folder_args, count_int, folder_for, nonneg_float, pad_int, threads_int
+from richkd.cli.args import add_allow_code, add_folder_args, count_int, folder_for, nonneg_float, pad_int, threads_int
 
 
 def add_teacher_parser(subparsers: Any) -> None:
@@ -41,6 +41,7 @@ def add_teacher_parser(subparsers: Any) -> None:
     cache.add_argument("--checkpoint-every", type=nonneg_float, default=30.0, metavar="SECONDS",
                        help="save progress this often (0: after every chunk); a killed build resumes from there")
     add_folder_args(cache)
+    add_allow_code(cache)
     cache.set_defaults(func=cmd_cache, interrupt_hint="run the same command again to continue the build")
 
 
@@ -53,7 +54,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         args.out, checkpoint=args.checkpoint, arch=args.arch, dataset=args.dataset, root=args.root, split=args.split,
         limit=args.limit, pad=args.pad, cache_dir=args.cache_dir, batch_size=args.batch_size, device=args.device,
         bf16=args.bf16, channels_last=args.channels_last, download=args.download,
-        checkpoint_seconds=args.checkpoint_every, folder=folder_for(args, args.checkpoint),
+        checkpoint_seconds=args.checkpoint_every, folder=folder_for(args, args.checkpoint), allow_code=args.allow_code,
     )
     meta, seconds = result.meta, result.seconds
     print(f"teacher cache {result.path}: {result.rows} rows x {meta.n_views} views x ({meta.n_classes} logits + "

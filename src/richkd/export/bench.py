@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from richkd.analysis.cost import count_params, cpu_name, measure_cost
+from richkd.engine.io import write_json_atomic
 from richkd.errors import RichKDError
+from richkd.export.load import LoadedModel
 from richkd.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, open_session, require
 
 BATCHES = (1, 256)
@@ -102,3 +104,36 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{r['throughput_b256_img_s']:>24.0f}"
         )
     return "\n".join(lines) + "\n"
+
+
+def bench_export(
+    loaded: LoadedModel, card: dict[str, Any], folder: Path, *, repeats: int, warmup: int, allow_code: bool = False
+) -> dict[str, Any]:
+    """Time an exported student (its ONNX file in `folder`, from `card`) and the run's CNN teacher when its file
+    is still on this machine; writes FOLDER/bench.json and returns its content."""
+    if card.get("onnx") is None:
+        raise RichKDError(f"{folder} has no model.onnx to time: export with --onnx (or --bench)")
+    if loaded.module is None:
+        raise RichKDError(f"{loaded.path} is an ONNX file: the benchmark times PyTorch too, pass the .pt/.safetensors")
+    models = [Benched("student", loaded.arch, loaded.module, folder / card["onnx"]["file"])]
+    teacher = _run_teacher(card, loaded.classes, allow_code=allow_code)
+    if teacher is not None:
+        models.append(teacher)
+    result = bench(models, input_size=loaded.spec.size, repeats=repeats, warmup=warmup)
+    if teacher is None:
+        result["teacher"] = "none: the run has no model.teacher, or its checkpoint is not on this machine"
+    write_json_atomic(folder / "bench.json", result)
+    return result
+
+
+def _run_teacher(card: dict[str, Any], classes: tuple[str, ...], *, allow_code: bool) -> Benched | None:
+    """The run's CNN teacher (model.teacher + model.teacher_checkpoint), when its file is still there."""
+    from richkd.models.files import model_from_file
+
+    training = card.get("training") or {}
+    arch, ckpt = training.get("teacher"), training.get("teacher_checkpoint")
+    if not arch or not ckpt or not Path(ckpt).is_file():
+        return None
+    model, _ = model_from_file(ckpt, classes, arch=arch, allow_code=allow_code)
+    model.eval()
+    return Benched("teacher", arch, model, None)

@@ -32,21 +32,17 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 
 
 def _load_models(
-    paths: dict[str, str], archs: dict[str, str], classes: tuple[str, ...], device: torch.device
+    paths: dict[str, str], archs: dict[str, str], classes: tuple[str, ...], device: torch.device, *,
+    allow_code: bool = False,
 ) -> tuple[dict[str, nn.Module], dict[str, dict[str, str]]]:
-    from richkd.engine.checkpoint import load_model_file, read_model_file
-    from richkd.models import create_model
+    from richkd.models.files import model_from_file
 
     models: dict[str, nn.Module] = {}
     info: dict[str, dict[str, str]] = {}
     for name, raw in paths.items():
         path = Path(raw).expanduser()
-        _, meta = read_model_file(path)
-        arch = archs.get(name) or meta.get("arch")
-        if arch is None:
-            raise RichKDError(f"{path} does not record its architecture: pass --arch {name}=ARCH")
-        model = create_model(arch, len(classes))
-        load_model_file(path, model, arch=arch, num_classes=len(classes), classes=classes)
+        model, arch = model_from_file(path, classes, arch=archs.get(name), allow_code=allow_code,
+                                      arch_flag=f"--arch {name}=ARCH")
         models[name] = model.to(device).eval()
         info[name] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "arch": arch}
     return models, info
@@ -100,11 +96,11 @@ def run_robustness(
     split: str = "test", limit: int | None = None, archs: Mapping[str, str] | None = None,
     corruptions: Sequence[str] | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
     official_c: str | None = None, shifts: Mapping[str, str] | None = None, seed: int = 0, batch_size: int = 512,
-    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None,
+    device: str = "cpu", progress: bool = False, folder: FolderOptions | None = None, allow_code: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of every model file (NAME -> path) under each corruption x severity (each corrupted batch shared
     by all models) and on each shift folder; writes OUT/robustness.json and OUT/robustness.md, returns the JSON's
-    content. `corruptions` None: all 19."""
+    content. `corruptions` None: all 19. `allow_code`: a `module:PKG.MOD:FACTORY` model may run user code."""
     from richkd.data import load_dataset
     from richkd.data.subset import limited
     from richkd.engine.checkpoint import read_model_file
@@ -139,7 +135,7 @@ def run_robustness(
 
     ds, subset = limited(load_dataset(dataset, root, split, folder=folder), limit)
     images, labels, rows = ds.images, ds.labels, None if subset is None else subset.rows
-    models, info = _load_models(paths, archs, ds.classes, torch_device)
+    models, info = _load_models(paths, archs, ds.classes, torch_device, allow_code=allow_code)
     size = int(images.shape[2])
     shift_sets = {
         name: load_shift_set(folder, split, classes=ds.classes, image_size=size) for name, folder in shifts.items()
