@@ -13,12 +13,14 @@ __version__ = "0.4.0"
 
 if TYPE_CHECKING:
     from richkd.api import (
+        ImageNetCacheResult,
         ReportFiles,
         RunResult,
         TeacherCacheResult,
         VLMCacheResult,
         analyze,
         bench_export,
+        build_imagenet_cache,
         build_teacher_cache,
         build_vlm_cache,
         classify,
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
         load_run,
         measure_cost,
         measure_robustness,
+        measure_shift,
+        merge_cache_parts,
         predict,
         summary_table,
         train,
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ImageNetCacheResult",
     "ReportFiles",
     "RunResult",
     "TeacherCacheResult",
@@ -50,6 +55,7 @@ __all__ = [
     "__version__",
     "analyze",
     "bench_export",
+    "build_imagenet_cache",
     "build_teacher_cache",
     "build_vlm_cache",
     "classify",
@@ -68,6 +74,8 @@ __all__ = [
     "predict",
     "write_report",
     "measure_robustness",
+    "measure_shift",
+    "merge_cache_parts",
     "summary_table",
     "train",
     "zero_shot",

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from richkd.analysis.predict import PredictResult
     from richkd.data import FolderOptions
 
-__all__ = ["analyze", "corrupt", "fit_logit_scale", "measure_robustness", "predict", "zero_shot"]
+__all__ = ["analyze", "corrupt", "fit_logit_scale", "measure_robustness", "measure_shift", "predict", "zero_shot"]
 
 
 def predict(
@@ -110,6 +110,27 @@ def measure_robustness(
                           corruptions=corruptions, severities=severities, official_c=official_c, shifts=shifts,
                           seed=seed, batch_size=batch_size, device=device, progress=progress, folder=folder,
                           allow_code=allow_code)
+
+
+def measure_shift(
+    sets: Mapping[str, str | Path], out: str | Path, *, checkpoints: Mapping[str, str | Path] | None = None,
+    archs: Mapping[str, str] | None = None, layouts: Mapping[str, str] | None = None, classes: str | None = None,
+    teacher: str | None = None, weights: str | None = None, templates: str = "imagenet80", class_names: str = "clip",
+    image_size: int = 224, resize_size: int = 256, batch_size: int = 128, workers: int = 0, device: str = "cpu",
+    allow_code: bool = False,
+) -> dict[str, Any]:
+    """Top-1/top-5 of ImageNet model files (NAME -> path) and optionally a vision-language `teacher`'s zero-shot
+    predictor on distribution-shift sets (NAME -> folder: ImageNet-V2, -Sketch, -R, -A, recognised from their
+    folder names or forced by `layouts`); writes OUT/shift.json and OUT/shift.md, returns the JSON. `classes`: the
+    head's wnids (a file or wnid,wnid,...; default: a checkpoint's recorded list, else ImageNet-1k's order)."""
+    from richkd.engine.device import check_device
+    from richkd.robustness.shift_run import ShiftOptions, run_shift
+
+    options = ShiftOptions(classes=classes, teacher=teacher, weights=weights, templates=templates,
+                           class_names=class_names, image_size=image_size, resize_size=resize_size,
+                           batch_size=batch_size, workers=workers)
+    return run_shift(sets, out, checkpoints=checkpoints, archs=archs, layouts=layouts, options=options,
+                     device=check_device(device), allow_code=allow_code)
 
 
 def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, rows: Tensor | None = None) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -17,7 +18,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("richkd")
 
-__all__ = ["TeacherCacheResult", "VLMCacheResult", "build_teacher_cache", "build_vlm_cache"]
+__all__ = [
+    "ImageNetCacheResult",
+    "TeacherCacheResult",
+    "VLMCacheResult",
+    "build_imagenet_cache",
+    "build_teacher_cache",
+    "build_vlm_cache",
+    "merge_cache_parts",
+]
+
+IMAGENET_TRAIN_ROWS = 1_281_167  # ILSVRC-2012 train images, for the size statement
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,20 @@ class VLMCacheResult:
     dataset: str
     split: str
     rows: int
+    teacher: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ImageNetCacheResult:
+    """A streamed (sharded) target cache build: where it went, the rows [lo, hi) this call covered of `n_rows`,
+    the teacher, and how long it took (including resumed or skipped rows)."""
+
+    path: Path
+    split: str
+    n_rows: int
+    lo: int
+    hi: int
     teacher: str
     seconds: float
 
@@ -65,7 +90,8 @@ def build_vlm_cache(
     from richkd.teachers.vlm import load_vlm
 
     if dataset == "imagenet":
-        raise RichKDError("ImageNet target caches are streamed and sharded: use `richkd vlm cache --dataset imagenet`")
+        raise RichKDError("ImageNet target caches are streamed and sharded: use build_imagenet_cache "
+                          "(`richkd vlm cache --dataset imagenet`)")
     out = Path(out)
     check_writable(out, "--out")
     use_bf16 = bf16_is_fast(check_device(device)) if bf16 is None else bf16
@@ -138,3 +164,65 @@ def build_teacher_cache(
     return TeacherCacheResult(path=out, arch=arch, dataset=ds.name, split=ds.split, rows=len(ds), meta=meta,
                               seconds=time.perf_counter() - t0)
 
+
+
+def build_imagenet_cache(
+    out: str | Path, *, root: str | Path, split: str = "train", classes: str | None = None,
+    class_names: str = "torchvision", teacher: str = "surrogate", weights: str | None = None,
+    templates: str | None = None, clean_names: bool = True, include_flip: bool = True, shard: str | None = None,
+    workers: int = 0, batch_size: int = 256, device: str = "cpu", bf16: bool | None = None,
+    checkpoint_seconds: float = 30.0, merge: bool = True, announce: Callable[[str], None] | None = None,
+) -> ImageNetCacheResult:
+    """A vision-language teacher's target cache of an ImageNet split streamed from `root` (a `<wnid>/` folder or
+    a folder of `*.tar` shards), plain and flip views of every row; a killed build resumes. `shard` "I/N" builds
+    only part I of N (contiguous rows) into OUT/parts/, and the last part to finish merges them unless `merge` is
+    False. `classes`: the head's wnids (a file or wnid,wnid,...; default all 1000). `announce` receives the size
+    statement before any work (default: the richkd log)."""
+    from richkd.caches.stream import build_stream_cache, make_recipe, open_source, parse_part, part_range
+    from richkd.caches.stream_layout import cache_bytes
+    from richkd.engine.device import bf16_is_fast, check_device
+    from richkd.engine.io import check_writable
+    from richkd.teachers.imagenet_names import read_class_list, resolve_templates, wnid_to_name
+    from richkd.teachers.vlm import load_vlm
+    from richkd.teachers.zero_shot import class_embeddings
+
+    check_writable(Path(out), "--out")
+    torch_device = check_device(device)
+    use_bf16 = bf16_is_fast(torch_device) if bf16 is None else bf16
+    part = parse_part(shard) if shard else None
+    wnids = read_class_list(classes)
+    names = wnid_to_name(class_names)
+    prompt_names = tuple(names[w] for w in wnids)
+    prompts = resolve_templates(templates)
+    source = open_source(root, wnids)
+    vlm = load_vlm(teacher, device=torch_device, weights=weights)
+    class_emb = class_embeddings(vlm, prompt_names, prompts, clean_names=clean_names)  # [C, E]
+    recipe = make_recipe(vlm, source, dataset="imagenet", split=split, classes=wnids, prompt_names=prompt_names,
+                         templates=prompts, clean_names=clean_names, include_flip=include_flip,
+                         embed_dim=int(class_emb.shape[1]))
+    m = recipe.meta
+    lo, hi = part_range(m.n_rows, *part) if part else (0, m.n_rows)
+
+    def gib(rows: int) -> str:
+        return f"{cache_bytes(rows, m.n_views, m.n_classes, m.embed_dim) / 2**30:.2f} GiB"
+
+    (announce or log.info)(
+        f"target cache: {m.n_rows} rows x {m.n_views} views, {m.n_classes} classes, {m.embed_dim}-d: "
+        f"{gib(m.n_rows)} (this part, rows {lo}..{hi - 1}: {gib(hi - lo)}; "
+        f"ImageNet's {IMAGENET_TRAIN_ROWS:,} train rows at this recipe: {gib(IMAGENET_TRAIN_ROWS)})"
+    )
+    t0 = time.perf_counter()
+    path = build_stream_cache(
+        vlm, source, Path(out), recipe, class_emb=class_emb, part=part, batch_size=batch_size, workers=workers,
+        bf16=use_bf16, device=torch_device, checkpoint_seconds=checkpoint_seconds, auto_merge=merge,
+    )
+    return ImageNetCacheResult(path=Path(path), split=split, n_rows=m.n_rows, lo=lo, hi=hi, teacher=vlm.label,
+                               seconds=time.perf_counter() - t0)
+
+
+def merge_cache_parts(parts: Sequence[str | Path], out: str | Path, *, delete_parts: bool = False) -> Path:
+    """One target cache at `out` from the parts of a sharded `build_imagenet_cache` (OUT/parts/part-*), checked to
+    be parts of one build covering every row once; `delete_parts` removes them after a successful merge."""
+    from richkd.caches.stream_merge import merge_parts
+
+    return merge_parts([Path(p) for p in parts], Path(out), delete_parts=delete_parts)

@@ -1,89 +1,47 @@
 """`richkd vlm cache --dataset imagenet` and `richkd vlm cache-merge`: streamed, sharded target caches.
 
-Thin: parse, call `richkd.caches.stream`, print. RichKDError propagates to `richkd.cli.app.main`.
+Thin: parse, call `richkd.api.build_imagenet_cache` / `merge_cache_parts`, print. RichKDError propagates to
+`richkd.cli.app.main`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-from pathlib import Path
 
 import torch
 
 from richkd.cli.args import workers_int
-
-log = logging.getLogger(__name__)
-
-IMAGENET_TRAIN_ROWS = 1_281_167  # ILSVRC-2012 train images, for the size statement
-
-
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
+from richkd.errors import RichKDError
 
 
 def cmd_stream_cache(args: argparse.Namespace) -> int:
-    from richkd.caches.stream import (
-        build_stream_cache,
-        make_recipe,
-        open_source,
-        parse_part,
-        part_range,
-    )
-    from richkd.caches.stream_layout import cache_bytes
-    from richkd.engine.device import bf16_is_fast, check_device
-    from richkd.engine.io import check_writable
-    from richkd.errors import RichKDError
-    from richkd.teachers.imagenet_names import read_class_list, resolve_templates, wnid_to_name
-    from richkd.teachers.vlm import load_vlm
-    from richkd.teachers.zero_shot import class_embeddings
+    from richkd.api import build_imagenet_cache
 
     if args.root is None:
         raise RichKDError("--dataset imagenet needs --root: the split folder (<wnid>/<image>) or a folder of *.tar")
     if args.views != 0 or args.limit is not None:
         raise RichKDError("--dataset imagenet caches plain (and flip) views of every row: drop --views and --limit")
-    check_writable(Path(args.out), "--out")
-    device = check_device(args.device)
-    bf16 = bf16_is_fast(device) if args.bf16 is None else args.bf16
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    part = parse_part(args.shard) if args.shard else None
-    classes = read_class_list(args.classes)
-    names = wnid_to_name(args.class_names)
-    prompt_names = tuple(names[w] for w in classes)
-    templates = resolve_templates(args.templates)
-    source = open_source(args.root, classes)
-    vlm = load_vlm(args.teacher, device=device, weights=args.weights)
-    class_emb = class_embeddings(vlm, prompt_names, templates, clean_names=args.clean_names)  # [C, E]
-    recipe = make_recipe(vlm, source, dataset="imagenet", split=args.split, classes=classes,
-                         prompt_names=prompt_names, templates=templates, clean_names=args.clean_names,
-                         include_flip=args.include_flip, embed_dim=int(class_emb.shape[1]))
-    m = recipe.meta
-    total = cache_bytes(m.n_rows, m.n_views, m.n_classes, m.embed_dim)
-    full = cache_bytes(IMAGENET_TRAIN_ROWS, m.n_views, m.n_classes, m.embed_dim)
-    lo, hi = part_range(m.n_rows, *part) if part else (0, m.n_rows)
-    mine = cache_bytes(hi - lo, m.n_views, m.n_classes, m.embed_dim)
-    print(f"target cache: {m.n_rows} rows x {m.n_views} views, {m.n_classes} classes, {m.embed_dim}-d: "
-          f"{_gib(total)} (this part, rows {lo}..{hi - 1}: {_gib(mine)}; "
-          f"ImageNet's {IMAGENET_TRAIN_ROWS:,} train rows at this recipe: {_gib(full)})")
-    t0 = time.perf_counter()
-    out = build_stream_cache(
-        vlm, source, Path(args.out), recipe, class_emb=class_emb, part=part, batch_size=args.batch_size,
-        workers=args.workers, bf16=bf16, device=device, checkpoint_seconds=args.checkpoint_every,
-        auto_merge=not args.no_merge,
+    result = build_imagenet_cache(
+        args.out, root=args.root, split=args.split, classes=args.classes, class_names=args.class_names,
+        teacher=args.teacher, weights=args.weights, templates=args.templates, clean_names=args.clean_names,
+        include_flip=args.include_flip, shard=args.shard, workers=args.workers, batch_size=args.batch_size,
+        device=args.device, bf16=args.bf16, checkpoint_seconds=args.checkpoint_every, merge=not args.no_merge,
+        announce=print,
     )
-    seconds = time.perf_counter() - t0
-    print(f"{out}: rows {lo}..{hi - 1} of imagenet/{args.split} with {vlm.label}, {seconds:.1f} s "
+    lo, hi, seconds = result.lo, result.hi, result.seconds
+    print(f"{result.path}: rows {lo}..{hi - 1} of imagenet/{result.split} with {result.teacher}, {seconds:.1f} s "
           f"({(hi - lo) / max(seconds, 1e-9):.1f} images/s, this run including any resumed or skipped rows)")
     return 0
 
 
 def cmd_cache_merge(args: argparse.Namespace) -> int:
-    from richkd.caches.stream_merge import merge_parts
+    from richkd.api import merge_cache_parts
 
     t0 = time.perf_counter()
-    out = merge_parts([Path(p) for p in args.parts], Path(args.out), delete_parts=args.delete_parts)
+    out = merge_cache_parts(args.parts, args.out, delete_parts=args.delete_parts)
     print(f"merged {len(args.parts)} parts into {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
