@@ -184,6 +184,29 @@ def test_cli_end_to_end(
     assert "| fog |" in table and "mean corruption acc." in table and table in capsys.readouterr().out
 
 
+def test_shift_folder_of_a_model_trained_with_display_names(
+    tmp_path: Path, folder_and_model: tuple[Path, Path]
+) -> None:
+    """A run with data.class_names records display names as its classes; a shift set has the same class folders
+    (cat/, dog/), so it is read through the same mapping instead of being refused as "other classes"."""
+    from richkd.engine.checkpoint import read_model_file, save_model
+    from richkd.models import create_model
+
+    data, plain = folder_and_model
+    names = tmp_path / "names.tsv"
+    names.write_text("cat\tKitty\ndog\tDoggo\n")
+    model = create_model("resnet8", 2)
+    model.load_state_dict(read_model_file(plain)[0])  # the always-"dog" head: 50 % on the balanced folder
+    named = tmp_path / "named.pt"
+    save_model(named, model, arch="resnet8", num_classes=2, classes=("Kitty", "Doggo"))
+    out = tmp_path / "out"
+    argv = ["robustness", "--checkpoint", f"m={named}", "--dataset", "imagefolder", "--root", str(data),
+            "--class-names-file", str(names), "--corruptions", "fog", "--severities", "1", "--shift", f"same={data}",
+            "--out", str(out)]  # fmt: skip
+    assert run_cli(argv) == 0
+    assert json.loads((out / "robustness.json").read_text())["shift"]["same"] == {"m": 50.0}
+
+
 def test_cli_official_files_equal_to_clean_give_clean_accuracy(
     tmp_path: Path, folder_and_model: tuple[Path, Path]
 ) -> None:

@@ -4,6 +4,7 @@ test sets stored as image folders whose classes must match the model's."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ from torch import Tensor
 
 from richkd.errors import RichKDError
 from richkd.robustness.corruptions import check_corruption
+
+if TYPE_CHECKING:
+    from richkd.data import FolderOptions
 
 N_SEVERITIES = 5
 
@@ -59,13 +63,18 @@ def open_official_c(root: str | Path, corruption: str) -> tuple[np.ndarray, np.n
 
 
 def load_shift_set(
-    root: str | Path, split: str, *, classes: tuple[str, ...], image_size: int, cache_dir: Path | None = None
+    root: str | Path, split: str, *, classes: tuple[str, ...], image_size: int, cache_dir: Path | None = None,
+    folder: FolderOptions | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Images and labels of a distribution-shift image folder (`<root>/<split>/<class>/<image>`, a folder or
-    .tar.gz), resized to `image_size`; its class folders must be exactly `classes` (the model's, in order)."""
-    from richkd.data import load_dataset
+    .tar.gz), resized to `image_size`; its classes must be exactly `classes` (the model's, in order). `folder`: the
+    evaluated dataset's folder policy, whose resize rule and `class_names` mapping (folder -> display name) apply
+    here too, so a model trained with display names is scored on a shift set of the same class folders."""
+    from richkd.data import FolderOptions, load_dataset
 
-    ds = load_dataset("imagefolder", root, split, cache_dir=cache_dir, image_size=image_size)
+    base = folder or FolderOptions()
+    options = FolderOptions(image_size=image_size, resize=base.resize, class_names=base.class_names)
+    ds = load_dataset("imagefolder", root, split, cache_dir=cache_dir, folder=options)
     if ds.classes != tuple(classes):
         extra = sorted(set(ds.classes) - set(classes))
         missing = sorted(set(classes) - set(ds.classes))

@@ -138,7 +138,8 @@ def run_robustness(
     models, info = _load_models(paths, archs, ds.classes, torch_device, allow_code=allow_code)
     size = int(images.shape[2])
     shift_sets = {
-        name: load_shift_set(folder, split, classes=ds.classes, image_size=size) for name, folder in shifts.items()
+        name: load_shift_set(shift_root, split, classes=ds.classes, image_size=size, folder=folder)
+        for name, shift_root in shifts.items()
     }
     source = _official_source(official_c, rows, labels) if official_c else None
     if official_c:
