@@ -72,11 +72,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_out_file(out)
-    n_images = len(collect_images(args.inputs))  # no image found: one line before the model is loaded
+    paths = collect_images(args.inputs)  # no image found: one line before the model is loaded
     warn = _Warnings()
-    progress = args.progress if args.progress is not None else sys.stderr.isatty() and n_images > args.batch_size
+    progress = args.progress if args.progress is not None else sys.stderr.isatty() and len(paths) > args.batch_size
     model = load_model(args.model, device=args.device, threads=args.threads, allow_code=args.allow_code)
-    predictions = classify(model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, progress=progress,
+    predictions = classify(model, paths, top_k=args.top_k, batch_size=args.batch_size, progress=progress,
                            on_error=warn)
     text = (format_jsonl if args.format == "jsonl" else format_table)(predictions, model.classes)
     if out is not None:
@@ -85,7 +85,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if warn.count:
-        print(f"richkd: {warn.count} of {n_images} images could not be read; the others were classified",
+        print(f"richkd: {warn.count} of {len(paths)} images could not be read; the others were classified",
               file=sys.stderr)
         return 1
     return 0

@@ -59,8 +59,8 @@ def _load_checkpoints(
     allow_code: bool,
 ) -> tuple[dict[str, ZooModel], dict[str, dict[str, str]], tuple[str, ...]]:
     from richkd.data.stream import IMAGENET_MEAN, IMAGENET_STD
-    from richkd.engine.checkpoint import load_model_file, read_model_file
-    from richkd.models import create_model
+    from richkd.engine.checkpoint import read_model_file
+    from richkd.models.files import model_from_file
 
     infos = {name: read_model_file(Path(p).expanduser())[1] for name, p in paths.items()}
     classes, checkable = _head_classes(classes_spec, infos)
@@ -68,14 +68,11 @@ def _load_checkpoints(
     described: dict[str, dict[str, str]] = {}
     for name, raw in paths.items():
         path, info = Path(raw).expanduser(), infos[name]
-        arch = archs.get(name) or info.get("arch")
-        if arch is None:
-            raise RichKDError(f"{path} does not record its architecture: pass --arch {name}=ARCH")
         for key, want in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
             if key in info and max(abs(a - b) for a, b in zip(info[key], want, strict=True)) > 1e-3:
                 raise RichKDError(f"{path} was trained with {key} {info[key]}, not ImageNet's: it is no ImageNet model")
-        model = create_model(arch, len(classes), allow_code=allow_code)
-        load_model_file(path, model, arch=arch, num_classes=len(classes), classes=classes if checkable else None)
+        model, arch = model_from_file(path, classes, arch=archs.get(name), allow_code=allow_code,
+                                      arch_flag=f"--arch {name}=ARCH", check_classes=checkable)
         models[name] = model.to(device).eval()
         described[name] = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path), "arch": arch}
     return models, described, classes
